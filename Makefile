@@ -1,0 +1,45 @@
+# metaseg: every target installs what it needs first (`install` is a no-op when the venv is current).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXP    ?= demo
+ARGS   ?=
+
+.PHONY: install peers test test-fast demo meta-train benchmark bench-episodes bench-peers bench-memory clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Optional comparison peers (higher, torchopt, learn2learn built from its sdist): never core dependencies.
+peers: install
+	bash benchmarks/install_peers.sh $(PY)
+
+test: install
+	$(PY) -m pytest -q -ra $(ARGS)
+
+demo: install
+	$(PY) -m metaseg.demo $(ARGS)
+
+meta-train: install
+	$(VENV)/bin/metaseg meta-train --config experiments/$(EXP).yaml $(ARGS)
+
+benchmark: install
+	$(PY) -m benchmarks.fewshot --config benchmarks/fewshot.yaml $(ARGS)
+
+bench-episodes: install
+	$(PY) -m benchmarks.episodes $(ARGS)
+
+bench-peers: peers
+	$(PY) -m benchmarks.peers $(ARGS)
+
+bench-memory: install
+	$(PY) -m benchmarks.memory $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

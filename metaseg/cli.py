@@ -1,0 +1,58 @@
+"""`metaseg` console script: dispatches to one module per subcommand.
+
+Every user-fixable problem is a MetasegError and is printed as one line (exit code 2),
+never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from metaseg.errors import MetasegError
+
+# subcommand -> module in metaseg.commands (imported lazily so `metaseg data list` starts fast)
+SUBCOMMANDS = {
+    "data": "data",
+    "meta-train": "train",
+    "adapt": "adapt",
+    "evaluate": "evaluate",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="metaseg", description="Few-shot meta-learning of medical image segmentation")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    modules = {}
+    for name, mod in SUBCOMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(f"metaseg.commands.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"metaseg.commands.{mod}":
+                raise
+            continue
+        modules[name].add_parser(sub)
+    # meta-train hands its arguments to LightningCLI untouched
+    if argv and argv[0] == "meta-train" and "meta-train" in modules:
+        try:
+            return modules["meta-train"].run_argv(argv[1:])
+        except MetasegError as exc:
+            print(f"metaseg: error: {exc}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MetasegError as exc:
+        print(f"metaseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metaseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

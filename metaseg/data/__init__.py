@@ -1,0 +1,1 @@
+"""Data side: readers for public layouts, validated cache, tasks, episodes, synthetic tasks."""
