@@ -1,0 +1,98 @@
+"""`metaseg data check|list` (and `sample`, registered by metaseg.data.sample_cli when present)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import yaml
+
+from metaseg.errors import MetasegError
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with a YAML value (so 2 -> int, true -> bool, [-160, 240] -> list)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Reader options from --images-dir/--masks-dir/--mask-suffix and repeated -o KEY=VALUE."""
+    options = dict(args.option or [])
+    for name in ("images_dir", "masks_dir", "mask_suffix"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    """ROOT, --layout, --category and reader options; shared by the data subcommands."""
+    parser.add_argument("root", metavar="ROOT", help="dataset folder")
+    parser.add_argument("--layout", help="dataset layout (default: detected; see `metaseg data list`)")
+    parser.add_argument("--category", help="only this class, e.g. melanoma or non-melanoma (ISIC with a class CSV)")
+    parser.add_argument("--images-dir", help="generic layout: images folder relative to ROOT")
+    parser.add_argument("--masks-dir", help="generic layout: masks folder relative to ROOT")
+    parser.add_argument("--mask-suffix", help="generic layout: mask stem suffix, e.g. _mask")
+    parser.add_argument("-o", "--option", action="append", type=_option, metavar="KEY=VALUE",
+                        help="other reader option, e.g. -o split=training, -o label=2 (see `metaseg data list`)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="check and list datasets")
+    sub = parser.add_subparsers(dest="data_command", metavar="{check,list,sample}")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    check = sub.add_parser("check", help="validate a dataset folder and name every problem file")
+    add_reader_arguments(check)
+    check.add_argument("--size", type=int, help="report the cached size (size x size) too")
+    check.add_argument("--fast", action="store_true", help="only list pairs and missing masks (no decoding)")
+    check.add_argument("--limit", type=int, default=10, help="files listed per finding (0 = all; errors are always all)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=run_check)
+
+    lst = sub.add_parser("list", help="show the known dataset layouts")
+    lst.set_defaults(func=run_list)
+
+    # --- hook: `metaseg data sample` is owned by helper "episodes" (metaseg/data/sample_cli.py) ---
+    try:
+        from metaseg.data.sample_cli import add_sample_parser
+    except ModuleNotFoundError as exc:
+        if exc.name != "metaseg.data.sample_cli":
+            raise
+    else:
+        add_sample_parser(sub)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from metaseg.data.check import check_dataset, format_report
+
+    if args.size is not None and args.size < 8:
+        raise MetasegError(f"--size {args.size} is too small (the cached square side, e.g. 128)")
+    options = reader_options(args)
+    if args.category:
+        options["category"] = args.category
+    report = check_dataset(args.root, args.layout, decode=not args.fast, **options)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "size": args.size}, indent=1))
+    else:
+        print(format_report(report, limit=args.limit, size=args.size))
+    return 0 if report.usable else 1
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from metaseg.data.readers import LAYOUTS
+
+    width = max(map(len, LAYOUTS))
+    for layout in LAYOUTS.values():
+        opts = f" [options: {', '.join(layout.options)}]" if layout.options else ""
+        print(f"{layout.name:<{width}}  {layout.description}{opts}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.func(args)

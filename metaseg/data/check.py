@@ -1,0 +1,139 @@
+"""Validate a dataset folder once and say exactly which file is wrong (`metaseg data check`).
+
+Errors (stop loading): missing masks, unreadable files, image/mask size mismatches.
+Findings that loading handles in a documented way: non-binary masks (and the rule used to
+binarise them), empty masks (kept), colour/bit-depth conversions, mixed channel counts.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metaseg.data import images as imagesmod
+from metaseg.data.readers import detect_layout, list_pairs
+from metaseg.data.types import Pair
+
+
+@dataclass
+class Problem:
+    kind: str  # "missing mask", "unreadable", "size mismatch", "missing file"
+    file: str
+    message: str
+
+
+@dataclass
+class CheckReport:
+    root: str
+    layout: str
+    detected: bool
+    n_pairs: int
+    decoded: bool
+    errors: list[Problem] = field(default_factory=list)
+    empty_masks: list[str] = field(default_factory=list)
+    mask_rules: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    conversions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    channels: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)
+
+    @property
+    def usable(self) -> bool:
+        return not self.errors
+
+    @property
+    def task_channels(self) -> int | None:
+        """Channels of the loaded task: 3 as soon as one image is colour (grayscale ones are replicated)."""
+        return (3 if 3 in self.channels else 1) if self.channels else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "detected": self.detected,
+            "pairs": self.n_pairs,
+            "decoded": self.decoded,
+            "usable": self.usable,
+            "errors": [vars(e) for e in self.errors],
+            "empty_masks": self.empty_masks,
+            "mask_rules": dict(self.mask_rules),
+            "conversions": dict(self.conversions),
+            "channels": {str(k): v for k, v in sorted(self.channels.items())},
+            "task_channels": self.task_channels,
+            "sizes": {f"{w}x{h}": n for (w, h), n in self.sizes.most_common()},
+        }
+
+
+def _check_pair(pair: Pair, report: CheckReport) -> None:
+    try:
+        decoded = imagesmod.decode_pair(pair)
+    except imagesmod.PairError as exc:
+        report.errors.append(Problem(exc.kind, exc.file, str(exc)))
+        return
+    name = str(pair.mask) + (f" (slice {pair.meta['slice']})" if "slice" in pair.meta else "")
+    report.mask_rules[decoded.mask_rule].append(name)
+    for note in decoded.notes:
+        report.conversions[note].append(str(pair.image))
+    if not decoded.mask.any():
+        report.empty_masks.append(name)
+    report.channels[decoded.channels] += 1
+    h, w = decoded.mask.shape
+    report.sizes[(w, h)] += 1
+
+
+def check_dataset(root: str | Path, layout: str | None = None, decode: bool = True, **options: Any) -> CheckReport:
+    """List the pairs and (with decode=True) decode every file once; `decode=False` only checks the listing."""
+    name = layout or detect_layout(root)
+    pairs = list_pairs(root, name, **options)
+    report = CheckReport(str(Path(root)), name, layout is None, len(pairs), decode)
+    for pair in pairs:
+        if pair.mask is None:
+            report.errors.append(Problem("missing mask", str(pair.image), f"missing mask for image {pair.image}"))
+        elif decode:
+            _check_pair(pair, report)
+    return report
+
+
+def _listing(title: str, files: list[str], limit: int) -> list[str]:
+    shown = files if limit <= 0 else files[:limit]
+    pad = " " * (len(title) - len(title.lstrip()) + 2)
+    lines = [f"{title}: {len(files)}"] + [f"{pad}{f}" for f in shown]
+    if len(shown) < len(files):
+        lines.append(f"{pad}... {len(files) - len(shown)} more (--limit 0 lists all)")
+    return lines
+
+
+def format_report(report: CheckReport, limit: int = 10, size: int | None = None) -> str:
+    """Human-readable report; every problem line names its file."""
+    lines = [
+        f"root: {report.root}",
+        f"layout: {report.layout}" + (" (detected)" if report.detected else ""),
+        f"pairs: {report.n_pairs}",
+    ]
+    missing = [e.file for e in report.errors if e.kind == "missing mask"]
+    lines += _listing("missing masks", missing, 0)
+    if report.decoded:
+        for kind in ("unreadable", "missing file", "size mismatch"):
+            lines += [f"{kind}: {sum(e.kind == kind for e in report.errors)}"]
+            lines += [f"  {e.message}" for e in report.errors if e.kind == kind]
+        chans = ", ".join(f"{n} with {c} channel{'s' if c > 1 else ''}" for c, n in sorted(report.channels.items()))
+        lines.append(f"images: {chans or 'none decoded'}")
+        if len(report.channels) > 1:
+            lines.append("  mixed channel counts: grayscale images will be replicated to 3 channels")
+        for note, files in sorted(report.conversions.items()):
+            lines += _listing(f"  converted ({note})", files, limit)
+        lines.append("masks (how they are binarised to {0,1}):")
+        for rule, files in sorted(report.mask_rules.items(), key=lambda kv: -len(kv[1])):
+            exact = rule.startswith("binary") or rule.startswith("label ==")
+            lines += _listing(f"  {rule}", files, 0 if exact else limit) if not exact else [f"  {rule}: {len(files)}"]
+        lines += _listing("empty masks (kept; they teach 'no lesion')", report.empty_masks, limit)
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(4))
+        more = f", ... {len(report.sizes) - 4} more sizes" if len(report.sizes) > 4 else ""
+        lines.append(f"image sizes: {sizes}{more}")
+        if size:
+            lines.append(f"cache: resized to {size}x{size} (aspect not kept), task channels: {report.task_channels}")
+    else:
+        lines.append("files not decoded (--fast): only the listing and missing masks were checked")
+    verdict = "usable" if report.usable else f"NOT usable: {len(report.errors)} problem(s) stop loading"
+    lines.append(f"status: {verdict}")
+    return "\n".join(lines)
