@@ -15,8 +15,9 @@ What is meta-learned (requires_grad=True) and what is frozen:
 The learners therefore see only adapters + decoder through `model.parameters()` with
 requires_grad=True, and work on SAM unchanged.
 
-Checkpoints of a meta-trained SAM store only the trainable tensors plus the base checkpoint's
-file name and sha256 (`trainable_state_dict`), and refuse to load onto a different base.
+Checkpoints of a meta-trained SAM store only the trainable tensors (`trainable_state_dict`) plus
+the base checkpoint's file name and sha256 (`base_fingerprint`), and refuse to load onto a
+different base (`check_base_fingerprint`, `load_trainable_state_dict(state, base=...)`).
 """
 from __future__ import annotations
 
@@ -190,37 +191,41 @@ class SamSegmenter(nn.Module):
 
     def base_fingerprint(self) -> dict[str, str]:
         """{name, sha256} of the base weights: the checkpoint file, or the seeded random initialisation."""
-        if self._fingerprint is None:  # random init: hash the frozen base tensors (LoRA excluded)
-            base = {k: v for k, v in self.state_dict().items() if ".lora_" not in k}
+        if self._fingerprint is None:  # random init: hash what trainable_state_dict does not carry
+            base = {k: v for k, v in self.state_dict(keep_vars=True).items() if not v.requires_grad}
             self._fingerprint = {"name": self._fingerprint_name, "sha256": state_sha256(base)}
         return dict(self._fingerprint)
 
     # ---------------------------------------------------------------- trainable state
-    def trainable_state_dict(self) -> dict[str, Any]:
-        """{"base": base_fingerprint(), "params": {name: tensor}} over the requires_grad parameters only."""
-        params = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
-        return {"base": self.base_fingerprint(), "params": params}
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """{name: tensor} over the requires_grad parameters only (adapters + decoder); store
+        `base_fingerprint()` beside it so that loading can refuse a different base."""
+        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
 
-    def load_trainable_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of `trainable_state_dict`; refuses state trained on another base or another adapter layout."""
-        if not isinstance(state, dict) or not {"base", "params"} <= set(state):
-            raise MetasegError("SAM checkpoint has no base fingerprint (expected {'base', 'params'} from trainable_state_dict)")
-        theirs, mine = state["base"], self.base_fingerprint()
-        if theirs.get("sha256") != mine["sha256"]:
+    def check_base_fingerprint(self, saved: dict[str, str]) -> None:
+        """Refuse trainable state meta-trained on another base (compared by content hash, not file name)."""
+        mine = self.base_fingerprint()
+        if not isinstance(saved, dict) or saved.get("sha256") != mine["sha256"]:
+            saved = saved if isinstance(saved, dict) else {}
             raise MetasegError(
-                f"SAM adapter was trained on base {theirs.get('name')} (sha256 {str(theirs.get('sha256'))[:12]}), "
+                f"SAM adapter was trained on base {saved.get('name')} (sha256 {str(saved.get('sha256'))[:12]}), "
                 f"refusing to load onto {mine['name']} (sha256 {mine['sha256'][:12]})"
             )
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], base: dict[str, str] | None = None) -> None:
+        """Inverse of `trainable_state_dict`; with `base` (the saved fingerprint) a different base is refused.
+        The key set must match exactly (another lora_rank/lora_targets is an error, not a partial load)."""
+        if base is not None:
+            self.check_base_fingerprint(base)
         own = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        params = state["params"]
-        if set(params) != set(own):
-            diff = sorted(set(params) ^ set(own))
-            raise MetasegError(f"SAM checkpoint's trainable parameters do not match this model (e.g. {diff[:3]}; lora_rank/lora_targets?)")
+        if set(state) != set(own):
+            diff = sorted(set(state) ^ set(own))
+            raise MetasegError(f"SAM trainable state does not match this model (e.g. {diff[:3]}; lora_rank/lora_targets?)")
         with torch.no_grad():
             for name, p in own.items():
-                if params[name].shape != p.shape:
-                    raise MetasegError(f"SAM checkpoint: {name} has shape {tuple(params[name].shape)}, model has {tuple(p.shape)}")
-                p.copy_(params[name])
+                if state[name].shape != p.shape:
+                    raise MetasegError(f"SAM trainable state: {name} has shape {tuple(state[name].shape)}, model has {tuple(p.shape)} (lora_rank?)")
+                p.copy_(state[name])
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
