@@ -1,0 +1,183 @@
+"""Episode sampler: K-shot support + Q query from the same task(s), disjoint, seeded per episode.
+
+Determinism: episode ``index`` is drawn from ``numpy.random.default_rng([seed, crc32(stream), index])``
+and from nothing else, so the same (seed, stream, index) gives the same episode on any machine,
+in any order, in any DataLoader worker or DDP rank. ``stream`` separates e.g. training episodes
+from meta-validation episodes drawn with the same user seed.
+
+Hot path: task arrays are already decoded uint8 (the cache / synthetic generator did that once);
+an episode is one fancy-index of the uint8 rows and one conversion to float32.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metaseg.data.types import Episode, TaskArrays
+from metaseg.errors import MetasegError
+
+# augment(images uint8 (K,C,H,W), masks uint8 (K,H,W), seed) -> (images, masks); see metaseg.data.transforms
+Augment = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EpisodeRows:
+    """Which rows of which tasks form an episode (no pixels): the cheap half of sampling."""
+
+    tasks: tuple[int, ...]  # task indices, len = mix_tasks
+    support: tuple[np.ndarray, ...]  # per task, K row indices
+    query: tuple[np.ndarray, ...]  # per task, Q row indices, disjoint from support
+    augment_seed: int
+
+
+class EpisodeSampler:
+    """Draw episodes from `tasks`.
+
+    mix_tasks=N ("N-way" in the iMAML few-shot segmentation setting): N distinct tasks per episode,
+    each contributing K support and Q query rows (support N*K, query N*Q images); the episode's
+    task is the names joined by '+', and ids are prefixed ``task/`` so they stay unambiguous.
+    Tasks of different channel counts can only be mixed after repeating grey to 3 channels,
+    which is done explicitly here (never silently for unmixed episodes).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskArrays],
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        mix_tasks: int = 1,
+        augment: Augment | None = None,
+        stream: str = "train",
+    ) -> None:
+        if not tasks:
+            raise MetasegError("episode sampler needs at least one task")
+        if shots < 1 or queries < 1:
+            raise MetasegError(f"shots and queries must be >= 1 (got shots={shots}, queries={queries})")
+        if seed < 0:
+            raise MetasegError(f"seed must be >= 0 (got {seed})")
+        if not 1 <= mix_tasks <= len(tasks):
+            raise MetasegError(f"mix_tasks={mix_tasks} needs between 1 and {len(tasks)} tasks (there are {len(tasks)})")
+        for task in tasks:
+            if shots + queries > len(task):
+                raise MetasegError(
+                    f"task {task.name!r} has {len(task)} images, fewer than shots + queries = {shots} + {queries} = {shots + queries}"
+                )
+        if mix_tasks > 1 and len({t.images.shape[2:] for t in tasks}) > 1:
+            raise MetasegError(f"mix_tasks={mix_tasks} needs all tasks at one image size, got {sorted({t.images.shape[2:] for t in tasks})}")
+        self.tasks = list(tasks)
+        self.shots, self.queries, self.seed, self.mix_tasks = shots, queries, seed, mix_tasks
+        self.augment = augment
+        self.stream = stream
+        self._stream_key = zlib.crc32(stream.encode())
+        self._channels = max(t.channels for t in tasks) if mix_tasks > 1 else None
+
+    # ------------------------------------------------------------------ cheap half: row indices only
+    def rows(self, index: int) -> EpisodeRows:
+        """Row indices of episode `index` (pure function of seed, stream, index)."""
+        if index < 0:
+            raise MetasegError(f"episode index must be >= 0 (got {index})")
+        rng = np.random.default_rng([self.seed, self._stream_key, index])
+        n_tasks = len(self.tasks)
+        if self.mix_tasks == 1:
+            chosen = (int(rng.integers(n_tasks)),)
+        else:
+            chosen = tuple(int(t) for t in rng.choice(n_tasks, self.mix_tasks, replace=False))
+        k, q = self.shots, self.queries
+        picks = [rng.choice(len(self.tasks[t]), k + q, replace=False) for t in chosen]
+        return EpisodeRows(
+            tasks=chosen,
+            support=tuple(p[:k] for p in picks),
+            query=tuple(p[k:] for p in picks),
+            augment_seed=int(rng.integers(2**31 - 1)),
+        )
+
+    def sample_ids(self, index: int) -> dict:
+        """{"index", "task", "support", "query"} of episode `index`, without touching pixels."""
+        r = self.rows(index)
+        return {
+            "index": index,
+            "task": self._task_name(r),
+            "support": self._ids(r, r.support),
+            "query": self._ids(r, r.query),
+        }
+
+    # ------------------------------------------------------------------ full episode
+    def sample(self, index: int) -> Episode:
+        r = self.rows(index)
+        if self.augment is None:
+            support = self._row_tensors(r, r.support)
+        else:
+            sx, sy = self.augment(*self._gather(r, r.support), r.augment_seed)
+            support = list(zip(torch.from_numpy(sx), torch.from_numpy(sy)))
+        rows = support + self._row_tensors(r, r.query)
+        x, y = _stack_as_float(rows, self._channels or rows[0][0].shape[0])
+        n_support = len(support)
+        return Episode(
+            task=self._task_name(r),
+            support_x=x[:n_support],
+            support_y=y[:n_support],
+            query_x=x[n_support:],
+            query_y=y[n_support:],
+            support_ids=self._ids(r, r.support),
+            query_ids=self._ids(r, r.query),
+        )
+
+    def fixed_episodes(self, n: int) -> list[Episode]:
+        """Episodes 0..n-1: the same list on every call (used for meta-validation and test)."""
+        return [self.sample(i) for i in range(n)]
+
+    # ------------------------------------------------------------------ helpers
+    def _task_name(self, r: EpisodeRows) -> str:
+        return "+".join(self.tasks[t].name for t in r.tasks)
+
+    def _ids(self, r: EpisodeRows, parts: tuple[np.ndarray, ...]) -> list[str]:
+        prefix = self.mix_tasks > 1
+        return [
+            f"{self.tasks[t].name}/{self.tasks[t].ids[i]}" if prefix else self.tasks[t].ids[i]
+            for t, rows in zip(r.tasks, parts)
+            for i in rows
+        ]
+
+    def _row_tensors(self, r: EpisodeRows, parts: tuple[np.ndarray, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(image (C,H,W), mask (H,W)) uint8 views of the chosen rows: no copy yet."""
+        out = []
+        for t, rows in zip(r.tasks, parts):
+            images, masks = torch.from_numpy(self.tasks[t].images), torch.from_numpy(self.tasks[t].masks)
+            out.extend((images[i], masks[i]) for i in rows.tolist())
+        return out
+
+    def _gather(self, r: EpisodeRows, parts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        if self.mix_tasks == 1:
+            task = self.tasks[r.tasks[0]]
+            return task.images[parts[0]], task.masks[parts[0]]
+        images = [self._with_channels(self.tasks[t].images[rows]) for t, rows in zip(r.tasks, parts)]
+        masks = [self.tasks[t].masks[rows] for t, rows in zip(r.tasks, parts)]
+        return np.concatenate(images), np.concatenate(masks)
+
+    def _with_channels(self, images: np.ndarray) -> np.ndarray:
+        if images.shape[1] == self._channels:
+            return images
+        if images.shape[1] == 1:
+            return np.repeat(images, self._channels, axis=1)  # grey -> RGB, explicit, for mixed episodes only
+        raise MetasegError(f"cannot mix tasks with {images.shape[1]} and {self._channels} channels")
+
+
+def _stack_as_float(rows: list[tuple[torch.Tensor, torch.Tensor]], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy uint8 rows straight into fresh float32 batches (x / 255, y in {0,1}).
+
+    Hand-written because the obvious ``torch.from_numpy(images[rows]).float() / 255`` makes a uint8
+    intermediate and costs ~2x more per episode (measured); per-row ``copy_`` converts while copying
+    and broadcasts grey rows to 3 channels for mixed episodes.
+    """
+    height, width = rows[0][1].shape
+    x = torch.empty((len(rows), channels, height, width), dtype=torch.float32)
+    y = torch.empty((len(rows), 1, height, width), dtype=torch.float32)
+    for j, (image, mask) in enumerate(rows):
+        x[j].copy_(image)
+        y[j, 0].copy_(mask)
+    return x.div_(255.0), y

@@ -1,0 +1,175 @@
+"""Tasks: what an experiment names (a dataset folder, a category inside one, or a synthetic family),
+how a name becomes arrays, how splits are built, and the leakage check that guards them.
+
+A task spec in YAML::
+
+    train_tasks:
+      - {name: kvasir, root: Kvasir-SEG}                    # folder under the data root
+      - {name: isic-melanoma, root: ISIC-2017-256sq, category: melanoma}
+      - {name: blobs, root: "synthetic:dark_blob"}          # built-in, needs no files
+      - {name: mine, root: /data/my_set, layout: generic, images_dir: img, masks_dir: gt}
+
+Keys other than name/root/layout/category are reader options passed to the reader
+(for synthetic tasks: ``n`` and ``seed``).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metaseg.data.synthetic import make_synthetic_task
+from metaseg.data.types import TaskArrays
+from metaseg.errors import MetasegError
+
+SYNTHETIC_PREFIX = "synthetic:"
+DATA_ENV = "METASEG_DATA"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task as an experiment names it; `options` are extra reader options (or synthetic n/seed)."""
+
+    name: str
+    root: str
+    layout: str | None = None
+    category: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return str(self.root).startswith(SYNTHETIC_PREFIX)
+
+    @property
+    def family(self) -> str:
+        return str(self.root)[len(SYNTHETIC_PREFIX):]
+
+    @classmethod
+    def coerce(cls, spec: "TaskSpec | Mapping[str, Any] | str") -> "TaskSpec":
+        """Accept a TaskSpec, a YAML dict ({name, root, layout?, category?, **options}) or a bare root string."""
+        if isinstance(spec, TaskSpec):
+            return spec
+        if isinstance(spec, str):
+            return cls(name=_default_name(spec), root=spec)
+        if not isinstance(spec, Mapping) or "root" not in spec:
+            raise MetasegError(f"task spec {spec!r} needs at least a 'root' (a dataset folder or synthetic:<family>)")
+        d = dict(spec)
+        root = str(d.pop("root"))
+        name = str(d.pop("name", None) or _default_name(root))
+        options = dict(d.pop("options", None) or {})
+        layout, category = d.pop("layout", None), d.pop("category", None)
+        options.update(d)
+        return cls(name=name, root=root, layout=layout, category=category, options=options)
+
+
+def _default_name(root: str) -> str:
+    return root[len(SYNTHETIC_PREFIX):] if root.startswith(SYNTHETIC_PREFIX) else Path(root).name
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None, required: bool = False) -> Path | None:
+    """The folder that relative task roots live in: explicit argument, else $METASEG_DATA, else the
+    `shared/datasets` folder found walking up from this package (the checkout's ../shared/datasets).
+
+    Returns None when none exists, unless `required` (then MetasegError says to set METASEG_DATA).
+    """
+    if data_root is not None:
+        path = Path(data_root).expanduser()
+        if not path.is_dir():
+            raise MetasegError(f"data root {path} is not a folder (option data_root)")
+        return path
+    env = os.environ.get(DATA_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise MetasegError(f"${DATA_ENV}={env} is not a folder")
+        return path
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "datasets"
+        if candidate.is_dir():
+            return candidate
+    if required:
+        raise MetasegError(
+            f"no data root found: set {DATA_ENV} to the folder holding the datasets (or pass data_root)"
+        )
+    return None
+
+
+def spec_path(spec: TaskSpec, data_root: str | os.PathLike | None = None) -> Path:
+    """Absolute folder of a real-data spec (absolute roots are used as they are)."""
+    root = Path(spec.root).expanduser()
+    if not root.is_absolute():
+        base = resolve_data_root(data_root, required=True)
+        root = base / root
+    if not root.is_dir():
+        raise MetasegError(f"task {spec.name!r}: dataset folder {root} does not exist")
+    return root
+
+
+def load_spec(
+    spec: TaskSpec | Mapping[str, Any] | str,
+    size: int,
+    cache_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    synthetic_n: int = 64,
+) -> TaskArrays:
+    """Arrays of one task at `size` px: synthetic families are generated, datasets go through the cache."""
+    spec = TaskSpec.coerce(spec)
+    if spec.is_synthetic:
+        opts = dict(spec.options)
+        n, seed = int(opts.pop("n", synthetic_n)), int(opts.pop("seed", 0))
+        if opts:
+            raise MetasegError(f"task {spec.name!r}: synthetic tasks take only n and seed, not {sorted(opts)}")
+        task = make_synthetic_task(spec.family, n=n, size=size, seed=seed)
+        task.name = spec.name
+        return task
+    from metaseg.data.cache import load_task  # lazy: the cache pulls in image decoders
+
+    return load_task(
+        spec_path(spec, data_root),
+        layout=spec.layout,
+        size=size,
+        category=spec.category,
+        cache_dir=cache_dir,
+        name=spec.name,
+        **spec.options,
+    )
+
+
+def check_leakage(train: Iterable[TaskArrays], test: Iterable[TaskArrays]) -> None:
+    """Refuse splits where one image (same content hash) is in both meta-train and meta-val/test."""
+    seen: dict[str, tuple[str, str]] = {}
+    for task in train:
+        for h, src in zip(task.hashes, task.sources):
+            seen.setdefault(h, (task.name, src))
+    for task in test:
+        for h, src in zip(task.hashes, task.sources):
+            if h in seen:
+                train_task, train_src = seen[h]
+                raise MetasegError(
+                    f"data leakage: {train_src} (meta-train task {train_task!r}) and {src} "
+                    f"(held-out task {task.name!r}) are the same image (sha1 {h[:12]}); remove one of them"
+                )
+
+
+def leave_one_dataset_out(
+    specs: Iterable[TaskSpec | Mapping[str, Any] | str], target: str | TaskSpec | Mapping[str, Any]
+) -> tuple[list[TaskSpec], list[TaskSpec]]:
+    """Split `specs` into (meta-train, meta-test): every task of the target's dataset is held out.
+
+    `target` is a task name or a spec; tasks sharing its dataset root (e.g. other categories of the
+    same dataset) are held out too, so that no image of the target dataset reaches meta-training.
+    """
+    specs = [TaskSpec.coerce(s) for s in specs]
+    if isinstance(target, str):
+        matches = [s for s in specs if target in (s.name, s.root)]
+        if not matches:
+            raise MetasegError(f"leave-one-dataset-out target {target!r} is not one of {[s.name for s in specs]}")
+        roots = {s.root for s in matches}
+    else:
+        roots = {TaskSpec.coerce(target).root}
+    held = [s for s in specs if s.root in roots]
+    if not held:
+        raise MetasegError(f"leave-one-dataset-out target {target!r} is not one of {[s.name for s in specs]}")
+    return [s for s in specs if s.root not in roots], held
