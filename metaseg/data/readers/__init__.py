@@ -65,7 +65,7 @@ def detect_layout(root: str | Path) -> str:
         if layout.detect(path):
             return layout.name
     raise MetasegError(
-        f"cannot detect the dataset layout of {path}; pass --layout, one of: {', '.join(LAYOUTS)} "
+        f"cannot detect the dataset layout of {path}; pass --layout; known layouts: {', '.join(LAYOUTS)} "
         "(generic needs an images/ and a masks/ folder, or --images-dir/--masks-dir)"
     )
 
