@@ -243,3 +243,14 @@ def test_cvc_official_tiff_read_with_tifffile_when_pillow_fails(tmp_path, monkey
 def test_every_layout_has_description_and_detector():
     assert list(LAYOUTS)[-1] == "generic"  # fallback is tried last
     assert all(l.description and callable(l.detect) for l in LAYOUTS.values())
+
+
+def test_isic_class_table_formats(tmp_path):
+    """ISIC 2016 (no header, label strings) and ISIC 2018 Task 3 (one-hot columns) class tables."""
+    from metaseg.data.readers.isic import read_class_tables
+
+    (tmp_path / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv").write_text("ISIC_0000000,benign\nISIC_0000001,malignant\n")
+    (tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv").write_text("image,MEL,NV,BCC\nISIC_0000002,0.0,1.0,0.0\n")
+    (tmp_path / "unrelated.csv").write_text("name,value\nfoo,1\n")
+    labels, _ = read_class_tables(sorted(tmp_path.glob("*.csv")))
+    assert labels == {"ISIC_0000000": ("benign",), "ISIC_0000001": ("malignant",), "ISIC_0000002": ("nv",)}
