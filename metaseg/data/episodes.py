@@ -40,6 +40,7 @@ class EpisodeSampler:
     mix_tasks=N ("N-way" in the iMAML few-shot segmentation setting): N distinct tasks per episode,
     each contributing K support and Q query rows (support N*K, query N*Q images); the episode's
     task is the names joined by '+', and ids are prefixed ``task/`` so they stay unambiguous.
+    task_order="cycle" (evaluation lists) takes task ``index mod T`` instead of a random task.
     Tasks of different channel counts can only be mixed after repeating grey to 3 channels,
     which is done explicitly here (never silently for unmixed episodes).
     """
@@ -53,9 +54,12 @@ class EpisodeSampler:
         mix_tasks: int = 1,
         augment: Augment | None = None,
         stream: str = "train",
+        task_order: str = "random",
     ) -> None:
         if not tasks:
             raise MetasegError("episode sampler needs at least one task")
+        if task_order not in ("random", "cycle") or (task_order == "cycle" and mix_tasks != 1):
+            raise MetasegError(f"task_order must be 'random', or 'cycle' with mix_tasks=1 (got {task_order!r})")
         if shots < 1 or queries < 1:
             raise MetasegError(f"shots and queries must be >= 1 (got shots={shots}, queries={queries})")
         if seed < 0:
@@ -72,7 +76,7 @@ class EpisodeSampler:
         self.tasks = list(tasks)
         self.shots, self.queries, self.seed, self.mix_tasks = shots, queries, seed, mix_tasks
         self.augment = augment
-        self.stream = stream
+        self.stream, self.task_order = stream, task_order
         self._stream_key = zlib.crc32(stream.encode())
         self._channels = max(t.channels for t in tasks) if mix_tasks > 1 else None
 
@@ -83,7 +87,9 @@ class EpisodeSampler:
             raise MetasegError(f"episode index must be >= 0 (got {index})")
         rng = np.random.default_rng([self.seed, self._stream_key, index])
         n_tasks = len(self.tasks)
-        if self.mix_tasks == 1:
+        if self.task_order == "cycle":  # balanced fixed lists for evaluation: episode i uses task i mod T
+            chosen = (index % n_tasks,)
+        elif self.mix_tasks == 1:
             chosen = (int(rng.integers(n_tasks)),)
         else:
             chosen = tuple(int(t) for t in rng.choice(n_tasks, self.mix_tasks, replace=False))
