@@ -119,3 +119,29 @@ def test_grey_tasks_keep_one_channel_and_mix_as_rgb():
     assert mixed.support_x.shape == (4, 3, 16, 16)
     first = mixed.support_ids.index(next(s for s in mixed.support_ids if s.startswith("grey/")))
     assert torch.equal(mixed.support_x[first, 0], mixed.support_x[first, 2])
+
+
+def test_sample_cli_prints_one_json_line_per_episode(capsys):
+    import json
+
+    from metaseg.cli import main
+
+    code = main(["data", "sample", "synthetic:rings", "--shots", "2", "--query", "4", "--episodes", "3",
+                 "--seed", "9", "--size", "16", "-o", "n=12"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["episode"] for line in lines] == [0, 1, 2]
+    sampler = EpisodeSampler([make_synthetic_task("rings", n=12, size=16)], 2, 4, seed=9)
+    for i, line in enumerate(lines):
+        assert line["task"] == "rings" and len(line["support"]) == 2 and len(line["query"]) == 4
+        assert not set(line["support"]) & set(line["query"])
+        episode = sampler.sample(i)
+        assert (line["support"], line["query"]) == (episode.support_ids, episode.query_ids)
+
+
+def test_sample_cli_errors_are_one_line(capsys):
+    from metaseg.cli import main
+
+    assert main(["data", "sample", "synthetic:rings", "--shots", "8", "--query", "8", "-o", "n=10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metaseg: error:") and "8 + 8 = 16" in err and "Traceback" not in err

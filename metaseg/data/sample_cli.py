@@ -1,0 +1,50 @@
+"""`metaseg data sample ROOT --shots K --query Q --episodes N --seed S`: show which images episodes use.
+
+Prints one JSON line per episode: {"episode", "task", "support", "query"} with example ids.
+The ids are exactly those that `EpisodeSampler(...).sample(i)` (stream "train", no task mixing)
+would use for the same task, seed and index; no pixels are converted to tensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from metaseg.errors import MetasegError
+
+
+def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `sample` under `metaseg data` (called by metaseg/commands/data.py)."""
+    from metaseg.commands.data import add_reader_arguments
+
+    parser = subparsers.add_parser("sample", help="print the support/query ids of seeded episodes as JSON lines")
+    add_reader_arguments(parser)
+    parser.add_argument("--shots", type=int, default=5, help="support images per episode (K)")
+    parser.add_argument("--query", type=int, default=15, help="query images per episode (Q)")
+    parser.add_argument("--episodes", type=int, default=5, help="number of episodes to print")
+    parser.add_argument("--seed", type=int, default=0, help="episode seed (same seed, same episodes)")
+    parser.add_argument("--size", type=int, default=128, help="cached image size (as used for meta-training)")
+    parser.add_argument("--cache-dir", help="cache folder (default: metaseg's cache)")
+    parser.set_defaults(func=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from metaseg.commands.data import reader_options
+    from metaseg.data.episodes import EpisodeSampler
+    from metaseg.data.tasks import SYNTHETIC_PREFIX, TaskSpec, load_spec
+
+    if args.episodes < 1:
+        raise MetasegError(f"--episodes must be >= 1 (got {args.episodes})")
+    root = args.root
+    if not root.startswith(SYNTHETIC_PREFIX) and Path(root).expanduser().exists():
+        root = str(Path(root).expanduser().resolve())  # a folder typed on the command line is relative to the cwd
+    options = reader_options(args)
+    spec = TaskSpec.coerce({"root": root, "layout": args.layout, "category": args.category, **options})
+    task = load_spec(spec, size=args.size, cache_dir=args.cache_dir)
+    sampler = EpisodeSampler([task], shots=args.shots, queries=args.query, seed=args.seed)
+    for i in range(args.episodes):
+        ids = sampler.sample_ids(i)
+        line = {"episode": i, "task": ids["task"], "support": ids["support"], "query": ids["query"]}
+        sys.stdout.write(json.dumps(line) + "\n")
+    return 0
