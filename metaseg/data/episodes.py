@@ -115,14 +115,16 @@ class EpisodeSampler:
     # ------------------------------------------------------------------ full episode
     def sample(self, index: int) -> Episode:
         r = self.rows(index)
-        if self.augment is None:
-            support = self._row_tensors(r, r.support)
+        if self.augment is None and self.mix_tasks == 1:
+            # one numpy fancy-index of support + query rows: the only uint8 copy
+            parts = [self._gather(r, (np.concatenate([r.support[0], r.query[0]]),))]
         else:
-            sx, sy = self.augment(*self._gather(r, r.support), r.augment_seed)
-            support = list(zip(torch.from_numpy(sx), torch.from_numpy(sy)))
-        rows = support + self._row_tensors(r, r.query)
-        x, y = _stack_as_float(rows, self._channels or rows[0][0].shape[0])
-        n_support = len(support)
+            support = self._gather(r, r.support)
+            if self.augment is not None:
+                support = self.augment(*support, r.augment_seed)
+            parts = [support, self._gather(r, r.query)]
+        x, y = _to_float(parts)
+        n_support = self.shots * self.mix_tasks
         return Episode(
             task=self._task_name(r),
             support_x=x[:n_support],
@@ -149,14 +151,6 @@ class EpisodeSampler:
             for i in rows
         ]
 
-    def _row_tensors(self, r: EpisodeRows, parts: tuple[np.ndarray, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(image (C,H,W), mask (H,W)) uint8 views of the chosen rows: no copy yet."""
-        out = []
-        for t, rows in zip(r.tasks, parts):
-            images, masks = torch.from_numpy(self.tasks[t].images), torch.from_numpy(self.tasks[t].masks)
-            out.extend((images[i], masks[i]) for i in rows.tolist())
-        return out
-
     def _gather(self, r: EpisodeRows, parts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
         if self.mix_tasks == 1:
             task = self.tasks[r.tasks[0]]
@@ -173,17 +167,21 @@ class EpisodeSampler:
         raise MetasegError(f"cannot mix tasks with {images.shape[1]} and {self._channels} channels")
 
 
-def _stack_as_float(rows: list[tuple[torch.Tensor, torch.Tensor]], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copy uint8 rows straight into fresh float32 batches (x / 255, y in {0,1}).
+def _to_float(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack uint8 (images (B,C,H,W), masks (B,H,W)) parts into float32 x / 255 and y (B,1,H,W).
 
-    Hand-written because the obvious ``torch.from_numpy(images[rows]).float() / 255`` makes a uint8
-    intermediate and costs ~2x more per episode (measured); per-row ``copy_`` converts while copying
-    and broadcasts grey rows to 3 channels for mixed episodes.
+    Hand-written rather than ``torch.from_numpy(u8).float() / 255`` per part: copying each part
+    into one preallocated float batch and scaling in place was the fastest variant measured
+    (~0.45 ms vs 0.6-1.0 ms per 5+15 episode at 128 px on one core), and it needs no concat.
     """
-    height, width = rows[0][1].shape
-    x = torch.empty((len(rows), channels, height, width), dtype=torch.float32)
-    y = torch.empty((len(rows), 1, height, width), dtype=torch.float32)
-    for j, (image, mask) in enumerate(rows):
-        x[j].copy_(image)
-        y[j, 0].copy_(mask)
+    n = sum(len(images) for images, _ in parts)
+    _, channels, height, width = parts[0][0].shape
+    x = torch.empty((n, channels, height, width), dtype=torch.float32)
+    y = torch.empty((n, 1, height, width), dtype=torch.float32)
+    start = 0
+    for images, masks in parts:
+        stop = start + len(images)
+        x[start:stop].copy_(torch.from_numpy(images))
+        y[start:stop, 0].copy_(torch.from_numpy(masks))
+        start = stop
     return x.div_(255.0), y
