@@ -70,7 +70,7 @@ def test_leakage_between_real_synthetic_tasks():
 def test_leave_one_dataset_out_holds_out_every_task_of_the_target():
     specs = [
         {"name": "isic-mel", "root": "ISIC", "category": "melanoma"},
-        {"name": "isic-nev", "root": "ISIC", "category": "nevus"},
+        {"name": "isic-nev", "root": "ISIC/", "category": "nevus"},
         {"name": "kvasir", "root": "Kvasir-SEG"},
         {"name": "blobs", "root": "synthetic:dark_blob"},
     ]
@@ -82,3 +82,17 @@ def test_leave_one_dataset_out_holds_out_every_task_of_the_target():
     assert "kvasir" not in [s.name for s in train] and [s.name for s in test] == ["kvasir"]
     with pytest.raises(MetasegError, match="'drive'"):
         leave_one_dataset_out(specs, "drive")
+
+
+@pytest.mark.realdata
+def test_real_dataset_spec_loads_through_the_cache_and_samples(tmp_path):
+    pytest.importorskip("metaseg.data.cache", reason="the dataset cache is not available")
+    root = resolve_data_root()
+    if root is None or not (root / "membrane").is_dir():
+        pytest.skip("needs ../shared/datasets/membrane or $METASEG_DATA")
+    from metaseg.data.episodes import EpisodeSampler
+
+    task = load_spec({"name": "em", "root": "membrane"}, size=32, cache_dir=tmp_path)
+    assert task.name == "em" and len(task) == 30 and task.images.shape[2:] == (32, 32)
+    episode = EpisodeSampler([task], shots=5, queries=15, seed=0).sample(0)
+    assert episode.support_x.shape[1] == task.channels and not set(episode.support_ids) & set(episode.query_ids)

@@ -162,14 +162,12 @@ def leave_one_dataset_out(
     same dataset) are held out too, so that no image of the target dataset reaches meta-training.
     """
     specs = [TaskSpec.coerce(s) for s in specs]
+    key = lambda s: os.path.normpath(s.root)  # noqa: E731  ("ISIC/" and "ISIC" are one dataset)
     if isinstance(target, str):
-        matches = [s for s in specs if target in (s.name, s.root)]
-        if not matches:
-            raise MetasegError(f"leave-one-dataset-out target {target!r} is not one of {[s.name for s in specs]}")
-        roots = {s.root for s in matches}
+        roots = {key(s) for s in specs if target in (s.name, s.root)}
     else:
-        roots = {TaskSpec.coerce(target).root}
-    held = [s for s in specs if s.root in roots]
+        roots = {key(TaskSpec.coerce(target))}
+    held = [s for s in specs if key(s) in roots]
     if not held:
         raise MetasegError(f"leave-one-dataset-out target {target!r} is not one of {[s.name for s in specs]}")
-    return [s for s in specs if s.root not in roots], held
+    return [s for s in specs if key(s) not in roots], held
