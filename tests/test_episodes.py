@@ -36,17 +36,20 @@ def test_same_seed_same_episode_in_any_order(tasks):
     assert other_stream.support_ids != forward[0].support_ids
 
 
-def test_same_episode_in_a_fresh_process(tasks):
+def test_same_tasks_and_episode_in_a_fresh_process(tasks):
+    """One subprocess (importing torch costs seconds) checks synthetic images and episodes together."""
     code = (
         "from metaseg.data.synthetic import make_synthetic_task as m\n"
         "from metaseg.data.episodes import EpisodeSampler\n"
         "t=[m(f, n=24, size=32, seed=0) for f in ('dark_blob','vessels','rings')]\n"
         "e=EpisodeSampler(t, 3, 5, seed=11).sample(7)\n"
+        "print(','.join(h for task in t for h in task.hashes))\n"
         "print(e.task, ','.join(e.support_ids + e.query_ids), float(e.support_x.sum()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     e = EpisodeSampler(tasks, 3, 5, seed=11).sample(7)
-    assert out == [e.task, ",".join(e.support_ids + e.query_ids), str(float(e.support_x.sum()))]
+    assert out[0] == ",".join(h for task in tasks for h in task.hashes)
+    assert out[1:] == [e.task, ",".join(e.support_ids + e.query_ids), str(float(e.support_x.sum()))]
 
 
 def test_support_and_query_disjoint_same_task_and_exact_pixels(tasks):

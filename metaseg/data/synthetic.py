@@ -198,7 +198,7 @@ def _membrane(rng: np.random.Generator, size: int) -> tuple[Image, Mask]:
 
 
 def _lungs(rng: np.random.Generator, size: int) -> tuple[Image, Mask]:
-    """Chest-X-ray-like: two large dark lung fields in a bright grey thorax with a bright spine between."""
+    """Chest-X-ray-like: two large dark, slightly tilted lung fields in an unevenly lit grey thorax."""
     yy, xx = _grid(size)
     img = np.broadcast_to(0.55 + 0.3 * np.abs(xx - 0.5) + 0.1 * _smooth_field(rng, size), (3, size, size)).copy()
     cy, sep = rng.uniform(0.45, 0.55), rng.uniform(0.18, 0.24)
