@@ -84,7 +84,10 @@ def test_ranks_split_each_meta_batch_exactly():
 def test_picklable_and_same_batches_with_workers():
     dm = make_dm(augment=True)
     dm.setup()
+    dm.trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
     clone = pickle.loads(pickle.dumps(dm))
+    assert clone.trainer is None
+    dm.trainer = None
     assert ids(next(iter(clone.train_dataloader()))) == ids(next(iter(dm.train_dataloader())))
     with_workers = make_dm(augment=True, num_workers=2)
     got = list(with_workers.train_dataloader())

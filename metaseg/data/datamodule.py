@@ -252,7 +252,7 @@ class MetaDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.pop("_trainer", None)  # a Trainer is not picklable; workers do not need it
+        state["trainer"] = None  # a Trainer is not picklable; a copy (worker, spawned process) does not need it
         return state
 
 
