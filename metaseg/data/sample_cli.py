@@ -18,7 +18,12 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `sample` under `metaseg data` (called by metaseg/commands/data.py)."""
     from metaseg.commands.data import add_reader_arguments
 
-    parser = subparsers.add_parser("sample", help="print the support/query ids of seeded episodes as JSON lines")
+    parser = subparsers.add_parser(
+        "sample",
+        help="print the support/query ids of seeded episodes as JSON lines",
+        description="Print one JSON line per episode. ROOT is a dataset folder or synthetic:<family> "
+        "(e.g. synthetic:dark_blob; -o n=32 sets its size).",
+    )
     add_reader_arguments(parser)
     parser.add_argument("--shots", type=int, default=5, help="support images per episode (K)")
     parser.add_argument("--query", type=int, default=15, help="query images per episode (Q)")
