@@ -1,0 +1,293 @@
+"""The functional core every learner uses: parameters as name->tensor dicts, a functional
+forward, differentiable inner-loop steps (SGD, Adam, optional Meta-SGD learning rates),
+Hessian-vector products and conjugate gradient.
+
+Why functional: a meta-learner needs the same network evaluated at many parameter sets (θ and
+its adapted φ_1..φ_K) inside one autograd graph. `torch.func.functional_call` does that without
+copying the module (unlike learn2learn's clone) or monkey-patching it (unlike higher).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+LossFn = Callable[[Params], torch.Tensor]
+LearningRate = float | torch.Tensor | dict[str, torch.Tensor]
+
+
+def trainable_params(model: nn.Module) -> Params:
+    """The model's requires_grad parameters by name (the tensors themselves, not copies)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def detached(params: Params, requires_grad: bool = False) -> Params:
+    """Graph-free copies (sharing storage) of `params`, optionally fresh leaves that require grad."""
+    return {name: p.detach().requires_grad_(requires_grad) for name, p in params.items()}
+
+
+def forward(model: nn.Module, params: Params, x: torch.Tensor, buffers: Params | None = None) -> torch.Tensor:
+    """`model(x)` with `params` (and optionally `buffers`) substituted; parameters not in `params`
+    (frozen ones) and buffers not given are the module's own."""
+    return functional_call(model, params if buffers is None else (params, buffers), (x,))
+
+
+def loss_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Callable, buffers: Params | None = None) -> LossFn:
+    """params -> loss(model_params(x), y): the closure the inner loop and the HVPs differentiate."""
+    return lambda params: loss(forward(model, params, x, buffers), y)
+
+
+def grads(loss: torch.Tensor, params: Params, create_graph: bool = False, retain_graph: bool | None = None) -> Params:
+    """d loss / d params as a dict; parameters the loss does not reach get zeros."""
+    values = tuple(params.values())
+    out = torch.autograd.grad(loss, values, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
+    return {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), out)}
+
+
+def add_grads(parameters: Sequence[torch.Tensor], values: Sequence[torch.Tensor | None], scale: float = 1.0) -> None:
+    """Accumulate scale * values into .grad, like loss.backward() does."""
+    for p, g in zip(parameters, values):
+        if g is None:
+            continue
+        g = g.detach() * scale if scale != 1.0 else g.detach()
+        p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+
+
+# ------------------------------------------------------------------------- inner-loop steps
+
+
+def _lr_for(lr: LearningRate, name: str) -> float | torch.Tensor:
+    return lr[name] if isinstance(lr, dict) else lr
+
+
+@dataclass
+class AdamState:
+    """Functional Adam moments; tensors stay in the graph when the inner loop is second order."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    step: int = 0
+    m: Params = field(default_factory=dict)
+    v: Params = field(default_factory=dict)
+
+
+def sgd_direction(g: Params, state: None = None) -> tuple[Params, None]:
+    return g, None
+
+
+def adam_direction(g: Params, state: AdamState) -> tuple[Params, AdamState]:
+    """Bias-corrected Adam direction m̂ / (sqrt(v̂) + eps).
+
+    sqrt is taken of v̂ + eps² (not v̂): d sqrt(v)/dv is infinite at v = 0, which would put NaNs
+    into second-order meta-gradients for any exactly-zero gradient entry.
+    """
+    b1, b2 = state.betas
+    t = state.step + 1
+    m = {n: b1 * state.m[n] + (1 - b1) * gn if state.m else (1 - b1) * gn for n, gn in g.items()}
+    v = {n: b2 * state.v[n] + (1 - b2) * gn * gn if state.v else (1 - b2) * gn * gn for n, gn in g.items()}
+    c1, c2 = 1 - b1**t, 1 - b2**t
+    d = {n: (m[n] / c1) / ((v[n] / c2 + state.eps**2).sqrt() + state.eps) for n in g}
+    return d, AdamState(state.betas, state.eps, t, m, v)
+
+
+DIRECTIONS = {"sgd": sgd_direction, "adam": adam_direction}
+
+
+def new_state(optimizer: str) -> AdamState | None:
+    return AdamState() if optimizer == "adam" else None
+
+
+def apply_update(params: Params, direction: Params, lr: LearningRate) -> Params:
+    """φ - lr ⊙ d, with lr a float, one tensor, or a per-parameter dict (Meta-SGD)."""
+    return {n: p - _lr_for(lr, n) * direction[n] for n, p in params.items()}
+
+
+def inner_step(
+    loss_fn: LossFn, params: Params, lr: LearningRate, optimizer: str = "sgd", state: AdamState | None = None,
+    second_order: bool = True,
+) -> tuple[Params, AdamState | None, torch.Tensor]:
+    """One inner-loop step from `params`; returns (new params, optimiser state, detached loss).
+
+    second_order=True keeps the whole step differentiable (create_graph), so a later backward
+    sees d(new params)/d(params) = I - lr·H. second_order=False differentiates the loss at a
+    detached copy: the update direction is a constant, only `params` itself and lr stay in the
+    graph (first-order MAML; also what inference uses, where nothing requires grad).
+    """
+    if second_order:
+        loss = loss_fn(params)
+        g = grads(loss, params, create_graph=True)
+    else:
+        at = detached(params, requires_grad=True)
+        with torch.enable_grad():
+            loss = loss_fn(at)
+            g = grads(loss, at)
+    direction, state = DIRECTIONS[optimizer](g, state)
+    return apply_update(params, direction, lr), state, loss.detach()
+
+
+def _checkpointed_step(
+    loss_fn: LossFn, params: Params, lr: LearningRate, optimizer: str, state: AdamState | None
+) -> tuple[Params, AdamState | None, torch.Tensor]:
+    """A second-order inner step under torch.utils.checkpoint: the step's double-backward graph
+    is not stored but recomputed during the outer backward. The reentrant variant is used
+    because the step itself calls torch.autograd.grad, which the non-reentrant variant's
+    saved-tensor hooks do not allow; inputs and outputs are therefore flat tensor tuples."""
+    names = list(params)
+    lr_names = sorted(lr) if isinstance(lr, dict) else []
+    lr_tensor = isinstance(lr, torch.Tensor)
+    state_n = 0 if state is None else len(names)
+
+    def run(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Forward pass (grad disabled by checkpoint): work on detached leaves and return detached
+        # outputs so no graph is kept. Recompute pass (grad enabled): build the graph from `flat`.
+        recompute = torch.is_grad_enabled()
+        if not recompute:
+            flat = tuple(t.detach().requires_grad_(t.requires_grad) for t in flat)
+        with torch.enable_grad():
+            p = dict(zip(names, flat[: len(names)]))
+            rest = flat[len(names):]
+            st = state
+            if state is not None:
+                st = AdamState(state.betas, state.eps, state.step,
+                               dict(zip(names, rest[:state_n])) if state.m else {},
+                               dict(zip(names, rest[state_n: 2 * state_n])) if state.v else {})
+                rest = rest[2 * state_n if state.m else 0:]
+            step_lr: LearningRate = dict(zip(lr_names, rest)) if lr_names else (rest[0] if lr_tensor else lr)
+            new, st, loss = inner_step(loss_fn, p, step_lr, optimizer, st, second_order=True)
+            out = [new[n] for n in names]
+            if st is not None:
+                out += [st.m[n] for n in names] + [st.v[n] for n in names]
+            if not recompute:
+                out = [t.detach() for t in out]
+            return (*out, loss)
+
+    flat = [params[n] for n in names]
+    if state is not None and state.m:
+        flat += [state.m[n] for n in names] + [state.v[n] for n in names]
+    if lr_names:
+        flat += [lr[n] for n in lr_names]
+    elif lr_tensor:
+        flat.append(lr)
+    out = torch.utils.checkpoint.checkpoint(run, *flat, use_reentrant=False)
+    new = dict(zip(names, out[: len(names)]))
+    new_state_ = None  # (not `state =`: `run` closes over `state` and is re-run in the backward)
+    if state is not None:
+        k = len(names)
+        new_state_ = AdamState(state.betas, state.eps, state.step + 1,
+                               dict(zip(names, out[k: 2 * k])), dict(zip(names, out[2 * k: 3 * k])))
+    return new, new_state_, out[-1].detach()
+
+
+def inner_loop(
+    loss_fn: LossFn, params: Params, steps: int, lr: LearningRate, optimizer: str = "sgd",
+    second_order: bool = True, checkpoint: bool = False, tol: float = 0.0,
+) -> tuple[Params, list[float]]:
+    """`steps` inner steps from `params`; returns (fast params, loss before each step).
+
+    checkpoint=True (second order only) trades one extra forward+backward per step for not
+    storing each step's graph: memory stops growing with the number of steps' activations.
+    tol > 0 stops early once the loss changes by less than tol (a cheap convergence test).
+    """
+    state = new_state(optimizer)
+    losses: list[float] = []
+    for _ in range(steps):
+        if checkpoint and second_order:
+            params, state, loss = _checkpointed_step(loss_fn, params, lr, optimizer, state)
+        else:
+            params, state, loss = inner_step(loss_fn, params, lr, optimizer, state, second_order)
+        losses.append(float(loss))
+        if tol > 0 and len(losses) > 1 and abs(losses[-2] - losses[-1]) < tol:
+            break
+    return params, losses
+
+
+# ------------------------------------------------------------------ second-order machinery
+
+
+def hvp_double_backward(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
+    """v -> H v at `params` by double backward. The gradient graph is built once and reused for
+    every product (retain_graph), so a CG solve costs one forward+backward plus one
+    backward-of-backward per iteration. Measured faster than forward-over-reverse
+    (`hvp_jvp`) on the U-Net: see docs/learners.md."""
+    at = detached(params, requires_grad=True)
+    g = grads(loss_fn(at), at, create_graph=True)
+    g_flat = tuple(g.values())
+    inputs = tuple(at.values())
+
+    def hvp(v: Params) -> Params:
+        out = torch.autograd.grad(g_flat, inputs, grad_outputs=tuple(v[n] for n in at), retain_graph=True,
+                                  allow_unused=True)
+        return {n: torch.zeros_like(p) if h is None else h.detach() for (n, p), h in zip(at.items(), out)}
+
+    return hvp
+
+
+def hvp_jvp(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
+    """v -> H v by forward-over-reverse (torch.func.jvp of torch.func.grad): no retained graph,
+    but every product re-runs the forward and backward."""
+    at = detached(params)
+    grad_fn = torch.func.grad(loss_fn)
+
+    def hvp(v: Params) -> Params:
+        return {n: h.detach() for n, h in torch.func.jvp(grad_fn, (at,), (v,))[1].items()}
+
+    return hvp
+
+
+HVP_METHODS = {"double_backward": hvp_double_backward, "jvp": hvp_jvp}
+
+
+def dot(a: Params, b: Params) -> torch.Tensor:
+    return sum((a[n] * b[n]).sum() for n in a)
+
+
+def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int, tol: float = 0.0) -> tuple[Params, float]:
+    """Solve A x = b for symmetric A from x = 0; returns (x, relative residual ‖b - A x‖ / ‖b‖)."""
+    x = {n: torch.zeros_like(t) for n, t in b.items()}
+    r = {n: t.clone() for n, t in b.items()}
+    d = {n: t.clone() for n, t in b.items()}
+    b_norm = dot(b, b).sqrt().clamp_min(1e-30)
+    rr = dot(r, r)
+    for _ in range(steps):
+        if rr == 0 or (tol > 0 and rr.sqrt() / b_norm < tol):
+            break
+        ad = matvec(d)
+        alpha = rr / dot(d, ad)
+        x = {n: x[n] + alpha * d[n] for n in x}
+        r = {n: r[n] - alpha * ad[n] for n in r}
+        rr_new = dot(r, r)
+        d = {n: r[n] + (rr_new / rr) * d[n] for n in d}
+        rr = rr_new
+    residual = {n: b[n] - t for n, t in matvec(x).items()}
+    return x, float(dot(residual, residual).sqrt() / b_norm)
+
+
+# ------------------------------------------------------------------------------- Meta-SGD
+
+
+def lr_key(name: str) -> str:
+    """ParameterDict keys cannot contain '.', parameter names do."""
+    return name.replace(".", "__")
+
+
+def make_meta_sgd_lrs(params: Params, init: float, per: str = "element") -> nn.ParameterDict:
+    """Learned inner learning rates (Meta-SGD, Li et al. 2017): `per="element"` gives one lr per
+    weight (a tensor shaped like the parameter, the paper's form), `per="tensor"` one scalar per
+    parameter tensor (cheap: ~100 extra meta-parameters for the U-Net)."""
+    if per not in ("element", "tensor"):
+        from metaseg.errors import MetasegError
+
+        raise MetasegError(f"learner.meta_sgd_per must be 'element' or 'tensor', got {per!r}")
+    shape = (lambda p: p.shape) if per == "element" else (lambda p: ())
+    return nn.ParameterDict({
+        lr_key(n): nn.Parameter(torch.full(shape(p), float(init), dtype=p.dtype, device=p.device))
+        for n, p in params.items()
+    })
+
+
+def meta_sgd_lr_dict(lrs: nn.ParameterDict, params: Params) -> dict[str, torch.Tensor]:
+    return {n: lrs[lr_key(n)] for n in params}

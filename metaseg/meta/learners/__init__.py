@@ -1,0 +1,11 @@
+"""Built-in learners; importing this package registers them with `metaseg.meta.register_learner`.
+
+maml / fomaml (maml.py), imaml (imaml.py) and the supervised `transfer` baseline (transfer.py)
+all run on `metaseg.meta.core`; `common.py` holds what they share (options, adapt, predict).
+"""
+from metaseg.meta.learners.common import InnerLoopLearner
+from metaseg.meta.learners.imaml import IMAML
+from metaseg.meta.learners.maml import FOMAML, MAML
+from metaseg.meta.learners.transfer import Transfer
+
+__all__ = ["InnerLoopLearner", "MAML", "FOMAML", "IMAML", "Transfer"]

@@ -1,0 +1,69 @@
+"""What every built-in learner shares: inner-loop options, their validation, test-time
+adaptation without a graph, and prediction under fast weights."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from metaseg.errors import MetasegError
+from metaseg.losses import bce_dice_loss
+from metaseg.meta import core
+from metaseg.meta.base import MetaLearner
+
+
+def check_option(ok: bool, option: str, message: str) -> None:
+    """One-line config error naming the learner option at fault."""
+    if not ok:
+        raise MetasegError(f"learner.{option}: {message}")
+
+
+class InnerLoopLearner(MetaLearner):
+    """A learner whose adaptation is `inner_steps` optimiser steps on the support loss."""
+
+    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, inner_optimizer: str = "sgd"):
+        super().__init__()
+        check_option(isinstance(inner_steps, int) and inner_steps >= 0, "inner_steps", f"must be an integer >= 0, got {inner_steps!r}")
+        check_option(float(inner_lr) > 0, "inner_lr", f"must be > 0, got {inner_lr!r}")
+        check_option(inner_optimizer in core.DIRECTIONS, "inner_optimizer",
+                     f"must be one of {sorted(core.DIRECTIONS)}, got {inner_optimizer!r}")
+        self.inner_steps = inner_steps
+        self.inner_lr = float(inner_lr)
+        self.inner_optimizer = inner_optimizer
+
+    # -- hooks a learner may override -------------------------------------------------------
+    def setup(self, model: nn.Module) -> None:
+        """Create learner-owned meta-parameters that depend on the model (Meta-SGD lrs)."""
+
+    def inner_lrs(self, model: nn.Module) -> core.LearningRate:
+        return self.inner_lr
+
+    def adaptation_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, anchor: core.Params) -> core.LossFn:
+        """The inner objective at fast weights; `anchor` is θ (iMAML's proximal term uses it)."""
+        return support_loss(model, x, y)
+
+    # -- MetaLearner interface ---------------------------------------------------------------
+    def meta_parameters(self, model: nn.Module):
+        self.setup(model)
+        return super().meta_parameters(model)
+
+    @torch.no_grad()
+    def adapt(self, model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor,
+              steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Fast weights for inference: first-order steps (the gradient is the only graph built,
+        inside the step); any number of steps, also more than during meta-training."""
+        self.setup(model)
+        steps = self.inner_steps if steps is None else steps
+        check_option(steps >= 0, "steps", f"must be >= 0, got {steps}")
+        theta = core.detached(core.trainable_params(model))
+        lr = self.inner_lrs(model)
+        lr = {n: t.detach() for n, t in lr.items()} if isinstance(lr, dict) else lr
+        loss_fn = self.adaptation_loss(model, support_x, support_y, theta)
+        fast, _ = core.inner_loop(loss_fn, theta, steps, lr, self.inner_optimizer, second_order=False)
+        return core.detached(fast)
+
+    def predict(self, model: nn.Module, fast_params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return core.forward(model, fast_params, x)
+
+
+def support_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> core.LossFn:
+    return core.loss_at(model, x, y, bce_dice_loss)
