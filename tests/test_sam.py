@@ -169,6 +169,24 @@ def test_prediction_does_not_depend_on_other_images_in_the_batch(prompt):
     torch.testing.assert_close(swapped[:1], batched[:1], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("with_boxes", [False, True])
+def test_batched_decoder_equals_segment_anythings_mask_decoder_image_by_image(with_boxes):
+    model = tiny()
+    with torch.no_grad():
+        for p in model.mask_decoder.parameters():  # SAM zero-inits nothing here, but be explicit
+            p.add_(0.01 * torch.randn_like(p))
+        embeddings = torch.randn(3, 32, 8, 8)
+        boxes = torch.tensor([[4.0, 8.0, 40.0, 30.0], [0.0, 0.0, 64.0, 64.0], [20.0, 10.0, 30.0, 60.0]]) if with_boxes else None
+        batched = model.decode(embeddings, boxes)
+        for i in range(3):
+            sparse, dense = model.prompt_encoder(points=None, boxes=None if boxes is None else boxes[i : i + 1], masks=None)
+            reference, _ = model.mask_decoder(
+                image_embeddings=embeddings[i : i + 1], image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+            )
+            torch.testing.assert_close(batched[i : i + 1], reference, atol=1e-5, rtol=1e-4)
+
+
 def test_output_is_logits_at_input_resolution_and_grayscale_is_repeated():
     model = tiny()
     assert model(torch.rand(2, 3, 48, 80)).shape == (2, 1, 48, 80)
