@@ -1,0 +1,473 @@
+"""Held-out few-shot accuracy of every learner and baseline (issue 5): leave-one-dataset-out.
+
+    python -m benchmarks.fewshot --config benchmarks/fewshot.yaml      # = make benchmark (CPU)
+    python -m benchmarks.fewshot --config benchmarks/fewshot_gpu.yaml --device cuda
+
+For every held-out target dataset and every method:
+
+1. sources = every other dataset (never the target); a meta-validation split (by content hash)
+   of the larger sources is held out of meta-training for checkpoint selection; the leakage
+   check (`metaseg.data.tasks.check_leakage`) refuses any image shared between meta-train,
+   meta-val and the target;
+2. meta-training = `MetaSegModule` + `MetaDataModule` + a Lightning `Trainer` (the same code as
+   `metaseg meta-train`), best checkpoint on meta-validation Dice only;
+3. evaluation = `metaseg.evaluate.evaluate_method` on the target: for each K, the same fixed
+   episodes (seeded `EpisodeSampler`, queries disjoint from supports) for every method, with the
+   same test-time adaptation budget.
+
+"scratch" skips step 2 (random initialisation, fine-tuned on the K shots by the `transfer`
+learner's adaptation). Each finished (method, target) is written to
+`<work_dir>/partial/<target>__<method>.json` (and its checkpoint under `<work_dir>/<target>/<method>/`),
+so a killed run resumes where it stopped; a partial result made with a different configuration is
+refused (pass --restart to discard it). The table, plots and README section are written by
+`benchmarks.report` from the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from metaseg.data.types import TaskArrays
+from metaseg.errors import MetasegError
+
+CONFIG_KEYS = {
+    "seed", "device", "cpu_threads", "jobs", "image_size", "data_root", "cache_dir", "work_dir", "results", "docs",
+    "datasets", "targets", "meta_val", "evaluation", "adaptation", "model", "meta_train", "methods", "notes",
+}
+REQUIRED_KEYS = ("datasets", "targets", "evaluation", "adaptation", "model", "meta_train", "methods")
+SHARED_LEARNER_OPTIONS = ("inner_lr", "inner_optimizer")  # come from `adaptation`, identical for all
+ROW_KEYS = ("method", "target", "shots", "dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "episodes")
+Echo = Callable[[str], Any]
+
+
+# ----------------------------------------------------------------------------- configuration
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a benchmark YAML; unknown or missing keys are one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetasegError(f"--config: no such file {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MetasegError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return check_config(cfg, str(path))
+
+
+def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        raise MetasegError(f"{where}: expected a mapping of benchmark options")
+    unknown = sorted(set(cfg) - CONFIG_KEYS)
+    if unknown:
+        raise MetasegError(f"{where}: unknown option(s) {unknown}; known: {sorted(CONFIG_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise MetasegError(f"{where}: missing option(s) {missing}")
+    names = [d.get("name") or d.get("root") for d in cfg["datasets"]]
+    for target in cfg["targets"]:
+        if target not in names:
+            raise MetasegError(f"{where}: target {target!r} is not one of the datasets {names}")
+    if not cfg["methods"]:
+        raise MetasegError(f"{where}: methods is empty")
+    for method, mcfg in cfg["methods"].items():
+        learner = (mcfg or {}).get("learner") or {}
+        clash = [k for k in SHARED_LEARNER_OPTIONS if k in learner]
+        if clash:
+            raise MetasegError(f"{where}: methods.{method}.learner sets {clash}; the adaptation budget is shared, set it in `adaptation`")
+        if method != "scratch" and "name" not in learner:
+            raise MetasegError(f"{where}: methods.{method} needs learner.name (only 'scratch' has no learner)")
+    ev = cfg["evaluation"]
+    if int(ev.get("episodes", 0)) < 1 or not ev.get("shots"):
+        raise MetasegError(f"{where}: evaluation needs shots (a list) and episodes >= 1")
+    return cfg
+
+
+def method_fingerprint(cfg: dict[str, Any], method: str, device: str) -> str:
+    """Hash of everything that changes one (method, target) result (paths and thread counts excluded)."""
+    relevant = {k: cfg.get(k) for k in ("seed", "image_size", "datasets", "meta_val", "evaluation", "adaptation",
+                                        "model", "meta_train")}
+    relevant.update(method=method, method_config=cfg["methods"][method], device=device.split(":")[0])
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- splits
+@dataclass
+class Split:
+    """One leave-one-dataset-out fold: meta-train and meta-val come from the sources only."""
+
+    target: TaskArrays
+    train: list[TaskArrays]
+    val: list[TaskArrays]
+
+
+def subset(task: TaskArrays, rows: Sequence[int], name: str) -> TaskArrays:
+    rows = np.asarray(rows, dtype=np.int64)
+    return TaskArrays(name=name, images=task.images[rows], masks=task.masks[rows],
+                      ids=[task.ids[i] for i in rows], hashes=[task.hashes[i] for i in rows],
+                      sources=[task.sources[i] for i in rows])
+
+
+def split_by_content(task: TaskArrays, fraction: float, seed: int) -> tuple[TaskArrays, TaskArrays]:
+    """(train part, val part) of one source dataset, split by content hash so that duplicated
+    images land on one side only; the same (task, fraction, seed) always gives the same split."""
+    unique = sorted(set(task.hashes))
+    rng = np.random.default_rng([seed, int(hashlib.sha1(task.name.encode()).hexdigest()[:8], 16)])
+    held = set(rng.permutation(unique)[: max(1, int(round(fraction * len(unique))))].tolist())
+    val_rows = [i for i, h in enumerate(task.hashes) if h in held]
+    train_rows = [i for i, h in enumerate(task.hashes) if h not in held]
+    return subset(task, train_rows, task.name), subset(task, val_rows, f"{task.name}:val")
+
+
+def make_split(tasks: dict[str, TaskArrays], target: str, meta_val: dict[str, Any], seed: int) -> Split:
+    """Leave `target` out; split meta-val off the sources that have at least `min_images` images."""
+    from metaseg.data.tasks import check_leakage
+
+    if target not in tasks:
+        raise MetasegError(f"target {target!r} is not one of the datasets {sorted(tasks)}")
+    fraction, min_images = float(meta_val.get("fraction", 0.2)), int(meta_val.get("min_images", 100))
+    train, val = [], []
+    for name, task in tasks.items():
+        if name == target:
+            continue
+        if len(task) >= min_images:
+            tr, va = split_by_content(task, fraction, seed)
+            train.append(tr)
+            val.append(va)
+        else:
+            train.append(task)
+    if not val:
+        raise MetasegError(f"meta_val: no source dataset of target {target!r} has >= {min_images} images (meta_val.min_images)")
+    check_leakage(train, [tasks[target]])
+    check_leakage(val, [tasks[target]])
+    check_leakage(train, val)
+    return Split(target=tasks[target], train=train, val=val)
+
+
+def load_tasks(cfg: dict[str, Any], echo: Echo = print) -> dict[str, TaskArrays]:
+    """Every configured dataset at the benchmark size (through the on-disk cache)."""
+    from metaseg.data.tasks import TaskSpec, load_spec
+
+    tasks = {}
+    for entry in cfg["datasets"]:
+        spec = TaskSpec.coerce(entry)
+        task = load_spec(spec, size=int(cfg["image_size"]), cache_dir=cfg.get("cache_dir"), data_root=cfg.get("data_root"))
+        task.name = spec.name
+        tasks[spec.name] = task
+        echo(f"  {spec.name}: {len(task)} images, {task.channels} channel(s), {cfg['image_size']} px")
+    return tasks
+
+
+# ----------------------------------------------------------------------------- methods
+def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method's learner options plus the shared inner optimiser/lr (scratch: transfer's)."""
+    learner = dict((cfg["methods"][method] or {}).get("learner") or {"name": "transfer"})
+    for key in SHARED_LEARNER_OPTIONS:
+        if key in cfg["adaptation"]:
+            learner[key] = cfg["adaptation"][key]
+    return learner
+
+
+def model_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    return dict((cfg["methods"][method] or {}).get("model") or cfg["model"])
+
+
+def meta_train_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The shared meta-training options, with the method's own `meta_train` overrides (stated in the table)."""
+    return {**cfg["meta_train"], **((cfg["methods"][method] or {}).get("meta_train") or {})}
+
+
+def build_scratch(cfg: dict[str, Any], device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Random initialisation (seeded) + the transfer learner's fine-tuning, nothing meta-trained."""
+    from metaseg.meta import create_learner
+    from metaseg.models import create_model
+
+    torch.manual_seed(int(cfg["seed"]))
+    model = create_model(**model_config(cfg, "scratch")).to(device).eval()
+    return model, create_learner(**learner_config(cfg, "scratch")).to(device)
+
+
+def meta_train(cfg: dict[str, Any], method: str, split: Split, run_dir: Path, device: str,
+               echo: Echo = print) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
+    """Meta-train one method on one fold with Lightning; returns the best (meta-val) model + learner.
+
+    Resumes from `run_dir/last.ckpt` when a previous run was killed mid-training.
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from metaseg.checkpoints import load_module
+    from metaseg.data.datamodule import MetaDataModule
+    from metaseg.training.module import MetaSegModule
+
+    mt, seed = meta_train_config(cfg, method), int(cfg["seed"])
+    done = run_dir / "trained.json"
+    if not done.exists():
+        start = time.perf_counter()
+        pl.seed_everything(seed, workers=True, verbose=False)
+        module = MetaSegModule(model=model_config(cfg, method), learner=learner_config(cfg, method),
+                               outer_lr=float(mt.get("outer_lr", 1e-3)), lr_schedule=mt.get("lr_schedule", "cosine"),
+                               grad_clip=mt.get("grad_clip"), val_adapt_steps=int(cfg["adaptation"]["steps"]))
+        datamodule = MetaDataModule(
+            shots=int(mt.get("shots", 5)), queries=int(mt.get("queries", 5)),
+            meta_batch_size=int(mt.get("meta_batch_size", 2)), image_size=int(cfg["image_size"]),
+            val_episodes=int(mt.get("val_episodes", 8)), augment=bool(mt.get("augment", True)),
+            train_episodes_per_epoch=int(mt["max_steps"]) * int(mt.get("meta_batch_size", 2)), seed=seed,
+        )
+        # The meta-val split is made of source images that no task spec can name, so the arrays
+        # are handed over directly (setup() keeps preloaded tasks); make_split ran the leakage checks.
+        datamodule.tasks = {"train": split.train, "val": split.val, "test": []}
+        checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_dice", mode="max",
+                                     save_top_k=1, save_last=True)
+        trainer = pl.Trainer(
+            accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
+            max_steps=int(mt["max_steps"]), val_check_interval=int(mt.get("val_every", 50)),
+            check_val_every_n_epoch=None, num_sanity_val_steps=0, callbacks=[checkpoint],
+            logger=CSVLogger(run_dir, name="logs", version=0), enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=run_dir,
+        )
+        last = run_dir / "last.ckpt"
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        best = checkpoint.best_model_path or checkpoint.last_model_path
+        score = checkpoint.best_model_score
+        info = {"checkpoint": str(best), "val_dice": None if score is None else float(score),
+                "train_seconds": time.perf_counter() - start, "steps": int(trainer.global_step)}
+        done.write_text(json.dumps(info, indent=1))
+        echo(f"  meta-trained {method} ({info['steps']} steps, {info['train_seconds']:.0f}s); "
+             f"best meta-val Dice {info['val_dice']}")
+    info = json.loads(done.read_text())
+    module = load_module(info["checkpoint"], "meta-trained checkpoint", map_location=device).to(device)
+    module.eval()
+    return module.model, module.learner, info
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(cfg: dict[str, Any], method: str, model: torch.nn.Module, learner: torch.nn.Module,
+             target: TaskArrays, device: str, echo: Echo = print) -> list[dict[str, Any]]:
+    """Rows (one per K) on the fixed target episodes; `episode_dice` keeps the per-episode means
+    so that methods can be compared episode by episode (they all see the same episodes)."""
+    from metaseg.evaluate import evaluate_method, summarise
+
+    ev = cfg["evaluation"]
+    results = evaluate_method(model, learner, [target], [int(k) for k in ev["shots"]], int(ev["episodes"]),
+                              seed=int(cfg["seed"]), steps=int(cfg["adaptation"]["steps"]),
+                              queries=int(ev.get("queries", 15)), method=method, device=device)
+    rows = []
+    for s in summarise(results):
+        group = [r for r in results if r.shots == s["shots"]]
+        rows.append({
+            "method": method, "target": target.name, "shots": int(s["shots"]),
+            "dice_mean": s["dice"], "dice_ci95": s["dice_ci95"], "iou_mean": s["iou"], "iou_ci95": s["iou_ci95"],
+            "episodes": int(s["episodes"]), "query_images": int(s["images"]),
+            "episode_dice": [round(r.dice, 5) for r in group], "episode_iou": [round(r.iou, 5) for r in group],
+        })
+        echo(f"  {method} on {target.name}, K={s['shots']}: Dice {s['dice']:.3f} ± {s['dice_ci95']:.3f}, "
+             f"IoU {s['iou']:.3f} ± {s['iou_ci95']:.3f}")
+    return rows
+
+
+def run_part(cfg: dict[str, Any], method: str, target: str, tasks: dict[str, TaskArrays], device: str,
+             work_dir: Path, echo: Echo = print) -> dict[str, Any]:
+    """One (method, target): meta-train (unless scratch), evaluate, write the partial result."""
+    partial = work_dir / "partial" / f"{target}__{method}.json"
+    fingerprint = method_fingerprint(cfg, method, device)
+    if partial.exists():
+        part = json.loads(partial.read_text())
+        if part.get("fingerprint") != fingerprint:
+            raise MetasegError(f"{partial} was made with a different configuration; pass --restart to discard "
+                               f"the results in {work_dir} (or set another work_dir)")
+        echo(f"[{method} / {target}] done earlier ({partial})")
+        return part
+    echo(f"[{method} / {target}]")
+    split = make_split(tasks, target, cfg.get("meta_val") or {}, int(cfg["seed"]))
+    run_dir = work_dir / target / method
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_info: dict[str, Any] = {"train_seconds": 0.0}
+    if method == "scratch":
+        model, learner = build_scratch(cfg, device)
+    else:
+        model, learner, train_info = meta_train(cfg, method, split, run_dir, device, echo)
+    start = time.perf_counter()
+    rows = evaluate(cfg, method, model, learner, split.target, device, echo)
+    eval_seconds = time.perf_counter() - start
+    note = (cfg["methods"][method] or {}).get("note")
+    part = {
+        "method": method, "target": target, "fingerprint": fingerprint, "device": device,
+        "meta_train_tasks": [t.name for t in split.train], "meta_val_tasks": [t.name for t in split.val],
+        "meta_val_dice": train_info.get("val_dice"), "meta_train_steps": train_info.get("steps", 0),
+        "train_seconds": round(float(train_info["train_seconds"]), 1), "eval_seconds": round(eval_seconds, 1),
+        "rows": [dict(r, note=note) if note else r for r in rows],
+    }
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial.with_suffix(".tmp")
+    tmp.write_text(json.dumps(part, indent=1))
+    tmp.replace(partial)  # atomic: a killed run never leaves a half-written result
+    return part
+
+
+# ----------------------------------------------------------------------------- driver
+def environment(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {"device": device, "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(cfg: dict[str, Any], device: str) -> None:
+    """Process-pool initialiser: thread count and the datasets, once per worker process."""
+    _set_threads(cfg, device)
+    _quiet_warnings()
+    _register_optional_learners()
+    _WORKER.update(cfg=cfg, device=device, tasks=load_tasks(cfg, echo=lambda _: None))
+
+
+def _worker_part(method: str, target: str, work_dir: str) -> dict[str, Any]:
+    return run_part(_WORKER["cfg"], method, target, _WORKER["tasks"], _WORKER["device"], Path(work_dir),
+                    echo=lambda line: print(line, flush=True))
+
+
+def _set_threads(cfg: dict[str, Any], device: str) -> None:
+    if not device.startswith("cuda") and cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg["cpu_threads"]))
+
+
+def _quiet_warnings() -> None:
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*Converting a tensor with requires_grad=True to a scalar.*")
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+
+
+def _register_optional_learners() -> None:
+    """`sam_adapter` lives in metaseg.meta.sam_adapter; import it so the registry knows it."""
+    try:
+        import metaseg.meta.sam_adapter  # noqa: F401
+    except ImportError:
+        pass
+
+
+def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Sequence[str] | None = None,
+                  targets: Sequence[str] | None = None, restart: bool = False, command: str = "",
+                  jobs: int | None = None, echo: Echo = print) -> dict[str, Any]:
+    """Run (or resume) every (method, target) and return the results document (not yet written).
+
+    jobs > 1 runs (method, target) parts in that many worker processes (each with `cpu_threads`
+    threads): on a small CPU, several single-threaded processes use the cores better than one
+    process's intra-op threads for these tiny convolutions. Results do not depend on `jobs`.
+    """
+    cfg = check_config(copy.deepcopy(cfg))
+    device = device or cfg.get("device") or "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MetasegError("--device cuda: no CUDA device is available")
+    _set_threads(cfg, device)
+    _quiet_warnings()
+    _register_optional_learners()
+    methods = list(methods or cfg["methods"])
+    targets = list(targets or cfg["targets"])
+    unknown = [m for m in methods if m not in cfg["methods"]] + [t for t in targets if t not in cfg["targets"]]
+    if unknown:
+        raise MetasegError(f"--methods/--targets: {unknown} not in the configuration")
+    jobs = int(jobs or cfg.get("jobs") or 1)
+    work_dir = Path(cfg.get("work_dir") or "runs/fewshot")
+    if restart and work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    echo(f"loading {len(cfg['datasets'])} datasets at {cfg['image_size']} px")
+    tasks = load_tasks(cfg, echo)
+    pending = [(m, t) for m in methods for t in targets]
+    if jobs <= 1:
+        parts = [run_part(cfg, m, t, tasks, device, work_dir, echo) for m, t in pending]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(cfg, device)) as pool:
+            futures = [pool.submit(_worker_part, m, t, str(work_dir)) for m, t in pending]
+            parts = [f.result() for f in futures]
+    wall = record_wall(work_dir, time.perf_counter() - start, len(pending), jobs)
+    return {
+        "benchmark": "fewshot (leave-one-dataset-out, issue 5)",
+        "command": command,
+        "config": cfg,
+        "environment": environment(device),
+        "jobs": jobs,
+        "wall_seconds": round(wall, 1),
+        "wall_seconds_note": "wall-clock time of the benchmark invocations that produced these results, "
+                             "summed over resumed invocations",
+        "compute_seconds": round(sum(p["train_seconds"] + p["eval_seconds"] for p in parts), 1),
+        "runs": [{k: v for k, v in p.items() if k != "rows"} for p in parts],
+        "rows": [r for p in parts for r in p["rows"]],
+    }
+
+
+def record_wall(work_dir: Path, seconds: float, parts: int, jobs: int) -> float:
+    """Append this invocation's wall time to `<work_dir>/wall.json`; return the total so far."""
+    log = work_dir / "wall.json"
+    entries = json.loads(log.read_text()) if log.exists() else []
+    entries.append({"seconds": round(seconds, 1), "parts": parts, "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    log.write_text(json.dumps(entries, indent=1))
+    return float(sum(e["seconds"] for e in entries))
+
+
+def write_results(doc: dict[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fewshot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="benchmarks/fewshot.yaml", help="benchmark YAML (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
+    parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all in the config)")
+    parser.add_argument("--targets", nargs="+", default=None, help="only these targets (default: all in the config)")
+    parser.add_argument("--restart", action="store_true", help="discard the partial results in work_dir first")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: the config's `jobs`, else 1)")
+    args = parser.parse_args(argv)
+    try:
+        from benchmarks.report import write_report
+
+        cfg = load_config(args.config)
+        command = "python -m benchmarks.fewshot " + " ".join(sys.argv[1:] if argv is None else argv)
+        doc = run_benchmark(cfg, args.device, args.methods, args.targets, args.restart, command.strip(), args.jobs)
+        path = write_results(doc, cfg.get("results") or "benchmarks/results/fewshot.json")
+        for written in [path, *write_report(doc, path, cfg.get("docs"))]:
+            print(f"wrote {written}")
+        print(f"total wall time {doc['wall_seconds'] / 60:.1f} min on {doc['environment']['device']}")
+    except MetasegError as exc:
+        print(f"fewshot: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
