@@ -98,8 +98,10 @@ def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
 
 def method_fingerprint(cfg: dict[str, Any], method: str, device: str) -> str:
     """Hash of everything that changes one (method, target) result (paths and thread counts excluded)."""
-    relevant = {k: cfg.get(k) for k in ("seed", "image_size", "datasets", "meta_val", "evaluation", "adaptation",
-                                        "model", "meta_train")}
+    keys = ["seed", "image_size", "datasets", "evaluation", "adaptation", "model"]
+    if method != "scratch":  # scratch is never meta-trained
+        keys += ["meta_val", "meta_train"]
+    relevant = {k: cfg.get(k) for k in keys}
     relevant.update(method=method, method_config=cfg["methods"][method], device=device.split(":")[0])
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -91,10 +91,14 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
 
 def method_lines(doc: dict[str, Any]) -> list[str]:
     out = []
+    measured = {r["method"] for r in doc["rows"]}
     for method, mcfg in doc["config"]["methods"].items():
+        if method not in measured:
+            continue
         mcfg = mcfg or {}
         learner = mcfg.get("learner") or {"name": "transfer (adaptation only)"}
         extra = f"; model {mcfg['model']}" if mcfg.get("model") else ""
+        extra += f"; meta-training overrides {mcfg['meta_train']}" if mcfg.get("meta_train") else ""
         note = f" — {mcfg['note']}" if mcfg.get("note") else ""
         out.append(f"`{method}`: learner {learner}{extra}{note}")
     return out
