@@ -9,3 +9,6 @@ from metaseg.meta.learners.maml import FOMAML, MAML
 from metaseg.meta.learners.transfer import Transfer
 
 __all__ = ["InnerLoopLearner", "MAML", "FOMAML", "IMAML", "Transfer"]
+
+# The SAM-adapter alias lives beside the SAM model code; importing it here registers it with the rest.
+from metaseg.meta import sam_adapter  # noqa: E402,F401
