@@ -95,15 +95,31 @@ def default_loggers(root: Path) -> list:
 
 
 def _one_line(message: str) -> str:
+    """jsonargparse errors can span several lines; the first three carry the key and the reason."""
     lines = [line.strip(" -") for line in str(message).strip().splitlines() if line.strip(" -")]
-    return "; ".join(lines[:3]) if lines else "invalid arguments"
+    text = ""
+    for line in lines[:3]:
+        text += line if not text else (" " if text.endswith(":") else "; ") + line
+    return text or "invalid arguments"
 
 
 def run_argv(argv: list[str]) -> int:
     """Entry point of `metaseg meta-train`; MetasegError propagates to cli.py (one-line message)."""
+    try:
+        meta_train(argv)
+    except SystemExit as exc:  # --help / --print_config
+        return int(exc.code or 0)
+    return 0
+
+
+def meta_train(argv: list[str]) -> dict[str, Any]:
+    """Parse `argv` like the command line, fit, test the best-on-validation checkpoint when there
+    are meta-test tasks; returns {"best", "last", "log_dir", "test"} (the demo uses this)."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    for noise in (".*litlogger.*", ".*args parameter is intended.*", ".*overridden `transfer_batch_to_device`.*",
+                  ".*LeafSpec.*", ".*does not have many workers.*", ".*tensorboardX.*"):
+        warnings.filterwarnings("ignore", message=noise)
     from metaseg.data.datamodule import MetaDataModule
     from metaseg.training.module import MetaSegModule
 
@@ -121,12 +137,10 @@ def run_argv(argv: list[str]) -> int:
         )
     except argparse.ArgumentError as exc:
         raise MetasegError(f"meta-train: {_one_line(str(exc))}") from None
-    except SystemExit as exc:  # --help / --print_config
-        return int(exc.code or 0)
     return fit_and_test(cli)
 
 
-def fit_and_test(cli: Any) -> int:
+def fit_and_test(cli: Any) -> dict[str, Any]:
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     callback = trainer.checkpoint_callback
@@ -139,13 +153,15 @@ def fit_and_test(cli: Any) -> int:
             print(f"best checkpoint (selected on meta-validation){score_text}: {best}")
         if last:
             print(f"last checkpoint: {last}")
+    log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    results: dict[str, float] = {}
     if cli.config.get("run_test") and _has_test_tasks(datamodule):
         chosen = best or last or None
         trainer.test(model, datamodule=datamodule, ckpt_path=chosen)
         results = dict(getattr(model, "test_results", {}) or {})
         if trainer.is_global_zero and results:
-            report_test(results, chosen, Path(trainer.log_dir or trainer.default_root_dir))
-    return 0
+            report_test(results, chosen, log_dir)
+    return {"best": best, "last": last, "log_dir": str(log_dir), "test": results}
 
 
 def _has_test_tasks(datamodule: Any) -> bool:

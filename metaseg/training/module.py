@@ -80,6 +80,7 @@ class MetaSegModule(pl.LightningModule):
         self.model = create_model(**model)
         learner_options = {k: v for k, v in learner.items() if k != "name"}
         self.learner = create_learner(learner["name"], **learner_options)
+        list(self.learner.meta_parameters(self.model))  # learners create model-shaped meta-parameters (Meta-SGD lrs) here
         self._scores: dict[str, dict[tuple, tuple[list[float], list[float]]]] = {"val": {}, "test": {}}
         self.test_results: dict[str, float] = {}
 
@@ -138,8 +139,10 @@ class MetaSegModule(pl.LightningModule):
             total = float(count.item())
         # Under fp16 mixed precision the optimiser step unscales by the loss scale, so the
         # meta-gradient must carry it (the learner does its own backward, not manual_backward).
+        # (scaling a unit tensor also initialises the scaler, which unscale_ needs). bf16-mixed
+        # needs no scaler and is the better choice: learners scale their gradient, not their loss.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        loss_scale = float(scaler.get_scale()) if scaler is not None else 1.0
+        loss_scale = float(scaler.scale(torch.ones((), device=self.device))) if scaler is not None else 1.0
 
         sums: dict[str, float] = {}
         for episode in episodes:
@@ -149,12 +152,13 @@ class MetaSegModule(pl.LightningModule):
         if self._world() > 1:
             self._all_reduce_sum_grads(params)
 
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the schedule moves on below)
         optimizer.step()
         scheduler.step()
         for key, value in sums.items():
             self.log(key, value / len(episodes), on_step=True, prog_bar=key == "query_loss",
                      batch_size=len(episodes), sync_dist=self._world() > 1)
-        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, batch_size=len(episodes))
+        self.log("lr", lr, on_step=True, batch_size=len(episodes))
 
     @staticmethod
     def _all_reduce_sum_grads(params: list[torch.nn.Parameter]) -> None:
