@@ -208,7 +208,8 @@ def build_method(checkpoint: str | None, method: str | None, seed: int, steps: i
     from metaseg.models import create_model
 
     torch.manual_seed(seed)
-    model = create_model(**(model_config or {"kind": "unet"})).to(device).eval()
+    with torch.enable_grad():  # building the U-Net runs a probe backward pass
+        model = create_model(**(model_config or {"kind": "unet"})).to(device).eval()
     learner = create_learner("transfer", inner_steps=int(steps or SCRATCH_STEPS)).to(device)
     return model, learner, "scratch", {}
 

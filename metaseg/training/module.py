@@ -77,7 +77,8 @@ class MetaSegModule(pl.LightningModule):
             raise MetasegError(f"model.lr_schedule: unknown {lr_schedule!r}; known: {list(SCHEDULES)}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = create_model(**model)
+        with torch.enable_grad():  # the U-Net factory runs a probe backward pass; callers may be in no_grad
+            self.model = create_model(**model)
         learner_options = {k: v for k, v in learner.items() if k != "name"}
         self.learner = create_learner(learner["name"], **learner_options)
         list(self.learner.meta_parameters(self.model))  # learners create model-shaped meta-parameters (Meta-SGD lrs) here
