@@ -47,8 +47,7 @@ def _make_cli_class():
                 "checkpoint.monitor": "val_dice",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
-                "checkpoint.filename": "best-step{step}-dice{val_dice:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.filename": "best",  # a stable path to hand to adapt/evaluate; the score is printed
             })
 
         def before_instantiate_classes(self) -> None:
