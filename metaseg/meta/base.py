@@ -19,6 +19,11 @@ from metaseg.data.types import Episode
 class MetaLearner(nn.Module):
     """Interface; see `metaseg.meta.learners` for implementations."""
 
+    def setup(self, model: nn.Module) -> None:
+        """Create the learner's own meta-parameters that depend on the model (e.g. Meta-SGD
+        learning rates shaped like its parameters). Idempotent; call it once right after building
+        model and learner, before the outer optimiser (and before DDP wrapping) sees them."""
+
     def adapt(
         self, model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None
     ) -> dict[str, torch.Tensor]:

@@ -31,9 +31,6 @@ class InnerLoopLearner(MetaLearner):
         self.inner_optimizer = inner_optimizer
 
     # -- hooks a learner may override -------------------------------------------------------
-    def setup(self, model: nn.Module) -> None:
-        """Create learner-owned meta-parameters that depend on the model (Meta-SGD lrs)."""
-
     def inner_lrs(self, model: nn.Module) -> core.LearningRate:
         return self.inner_lr
 
