@@ -44,7 +44,10 @@ def test_meta_gradient_on_cuda_equals_cpu(name, options):
     assert worst < 1e-6, f"relative CPU/CUDA difference {worst:.2e}"
 
 
-def test_prediction_is_batch_independent_on_cuda():
+def test_prediction_is_batch_independent_on_cuda(monkeypatch):
+    # cuDNN's default TF32 convolutions pick algorithms by batch size and differ by ~1e-3 in the
+    # logits; that is arithmetic precision, not batch dependence, so compare in full float32.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     model = create_model("unet").cuda().eval()
     x = torch.rand(5, 3, 64, 64, device="cuda")
@@ -67,10 +70,16 @@ def test_meta_train_steps_on_cuda_with_mixed_precision(tmp_path):
         val_tasks=[{"root": "synthetic:rings"}], test_tasks=[],
         shots=2, queries=2, meta_batch_size=2, image_size=64, val_episodes=2, synthetic_n=16,
     )
-    trainer = pl.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=4, logger=False,
+    devices_seen = []
+
+    class RecordDevice(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            devices_seen.append(next(pl_module.model.parameters()).device.type)
+
+    trainer = pl.Trainer(callbacks=[RecordDevice()], accelerator="gpu", devices=1, precision="16-mixed", max_steps=4, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
                          limit_val_batches=2, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 4
-    assert next(module.model.parameters()).is_cuda
+    assert devices_seen == ["cuda"] * 4  # Lightning moves the module back to CPU after fit
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
