@@ -107,10 +107,10 @@ def test_protocol_rows_resume_and_report(tmp_path, tasks):
         run_benchmark(changed, methods=["fomaml"], echo=lambda _: None)
 
     results = write_results(doc, tmp_path / "results" / "fewshot.json")
-    written = write_report(json.loads(results.read_text()), results, tmp_path / "docs" / "results.md")
+    written = write_report(json.loads(results.read_text()), results, tmp_path / "docs" / "results.md", link_base=tmp_path)
     assert (tmp_path / "results" / "fewshot_ellipse.png").stat().st_size > 0
     table = (tmp_path / "results" / "fewshot.md").read_text()
     assert "## ellipse held out" in table and "| fomaml |" in table
     section = (tmp_path / "docs" / "results.md").read_text()
-    assert section.startswith("## Results") and "../results/fewshot_ellipse.png" in section
+    assert section.startswith("## Results") and "(results/fewshot_ellipse.png)" in section
     assert len(written) == 3
