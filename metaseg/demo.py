@@ -86,7 +86,8 @@ def save_grid(path: Path, rows: dict[str, list[np.ndarray]], scores: dict[str, f
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metaseg.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo, replaced on each run)")
+    # not runs/demo itself: `metaseg meta-train --config experiments/demo.yaml` keeps its versions there
+    parser.add_argument("--out", default="runs/demo/quick", help="output folder (default runs/demo/quick, replaced on each run)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing a non-empty folder the demo did not write")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="meta-train config (default experiments/demo.yaml)")
     parser.add_argument("--shots", type=int, default=5, help="labelled images of the held-out task (default 5)")
