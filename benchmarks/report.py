@@ -84,7 +84,8 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
         "scratch = random initialisation fine-tuned on the K shots; transfer = joint supervised training on the "
         "source episodes' images, then fine-tuned on the K shots.",
         f"Hardware: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_count')} cores, torch {env.get('torch')}, "
-        f"{env.get('torch_threads')} thread(s)), device `{env['device']}`; total wall time "
+        f"{env.get('torch_threads')} thread(s) per process, {doc.get('jobs', 1)} worker process(es)), device "
+        f"`{env['device']}`; total wall time "
         f"{doc['wall_seconds'] / 60:.1f} min ({doc.get('wall_seconds_note', '')}).",
     ]
 
