@@ -81,7 +81,7 @@ class MetaSegModule(pl.LightningModule):
             self.model = create_model(**model)
         learner_options = {k: v for k, v in learner.items() if k != "name"}
         self.learner = create_learner(learner["name"], **learner_options)
-        list(self.learner.meta_parameters(self.model))  # learners create model-shaped meta-parameters (Meta-SGD lrs) here
+        self.learner.setup(self.model)  # model-shaped learner meta-parameters (Meta-SGD lrs) before optimiser/DDP
         self._scores: dict[str, dict[tuple, tuple[list[float], list[float]]]] = {"val": {}, "test": {}}
         self.test_results: dict[str, float] = {}
 
