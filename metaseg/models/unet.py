@@ -109,8 +109,8 @@ def drop_unused_encoder_stages(net: nn.Module, in_channels: int) -> None:
     would be dead meta-parameters (gradients None) and ~10 M wasted weights on CPU.
     """
     net.eval()
-    out = net(torch.zeros(1, in_channels, 64, 64))
-    out.sum().backward()
+    with torch.enable_grad():  # callers may build models inside torch.no_grad()
+        net(torch.zeros(1, in_channels, 64, 64)).sum().backward()
     for name, child in list(net.encoder.named_children()):
         params = list(child.parameters())
         if params and all(p.grad is None for p in params):
