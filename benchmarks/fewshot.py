@@ -293,7 +293,7 @@ def run_part(cfg: dict[str, Any], method: str, target: str, tasks: dict[str, Tas
             raise MetasegError(f"{partial} was made with a different configuration; pass --restart to discard "
                                f"the results in {work_dir} (or set another work_dir)")
         echo(f"[{method} / {target}] done earlier ({partial})")
-        return part
+        return dict(part, resumed=True)
     echo(f"[{method} / {target}]")
     split = make_split(tasks, target, cfg.get("meta_val") or {}, int(cfg["seed"]))
     run_dir = work_dir / target / method
@@ -414,7 +414,8 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
         with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(cfg, device)) as pool:
             futures = [pool.submit(_worker_part, m, t, str(work_dir)) for m, t in pending]
             parts = [f.result() for f in futures]
-    wall = record_wall(work_dir, time.perf_counter() - start, len(pending), jobs)
+    computed = sum(not p.get("resumed") for p in parts)
+    wall = record_wall(work_dir, time.perf_counter() - start, computed, jobs)
     return {
         "benchmark": "fewshot (leave-one-dataset-out, issue 5)",
         "command": command,
@@ -425,15 +426,18 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
         "wall_seconds_note": "wall-clock time of the benchmark invocations that produced these results, "
                              "summed over resumed invocations",
         "compute_seconds": round(sum(p["train_seconds"] + p["eval_seconds"] for p in parts), 1),
-        "runs": [{k: v for k, v in p.items() if k != "rows"} for p in parts],
+        "runs": [{k: v for k, v in p.items() if k not in ("rows", "resumed")} for p in parts],
         "rows": [r for p in parts for r in p["rows"]],
     }
 
 
 def record_wall(work_dir: Path, seconds: float, parts: int, jobs: int) -> float:
-    """Append this invocation's wall time to `<work_dir>/wall.json`; return the total so far."""
+    """Append this invocation's wall time to `<work_dir>/wall.json` when it computed any part (an
+    invocation that only reassembles finished parts adds nothing); return the total so far."""
     log = work_dir / "wall.json"
     entries = json.loads(log.read_text()) if log.exists() else []
+    if parts == 0:
+        return float(sum(e["seconds"] for e in entries))
     entries.append({"seconds": round(seconds, 1), "parts": parts, "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     log.write_text(json.dumps(entries, indent=1))
     return float(sum(e["seconds"] for e in entries))

@@ -101,6 +101,7 @@ def test_protocol_rows_resume_and_report(tmp_path, tasks):
     before = partial.stat().st_mtime_ns
     again = run_benchmark(cfg, echo=lambda _: None)
     assert again["rows"] == rows and partial.stat().st_mtime_ns == before
+    assert again["wall_seconds"] == doc["wall_seconds"]  # reassembling adds no wall time
     changed = copy.deepcopy(cfg)
     changed["adaptation"]["steps"] = 3
     with pytest.raises(MetasegError, match="different configuration"):
