@@ -20,6 +20,8 @@ def check_option(ok: bool, option: str, message: str) -> None:
 class InnerLoopLearner(MetaLearner):
     """A learner whose adaptation is `inner_steps` optimiser steps on the support loss."""
 
+    inner_tol = 0.0  # stop adapting early when the inner objective changes by less (iMAML sets it)
+
     def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, inner_optimizer: str = "sgd"):
         super().__init__()
         check_option(isinstance(inner_steps, int) and inner_steps >= 0, "inner_steps", f"must be an integer >= 0, got {inner_steps!r}")
@@ -55,7 +57,7 @@ class InnerLoopLearner(MetaLearner):
         lr = self.inner_lrs(model)
         lr = {n: t.detach() for n, t in lr.items()} if isinstance(lr, dict) else lr
         loss_fn = self.adaptation_loss(model, support_x, support_y, theta)
-        fast, _ = core.inner_loop(loss_fn, theta, steps, lr, self.inner_optimizer, second_order=False)
+        fast, _ = core.inner_loop(loss_fn, theta, steps, lr, self.inner_optimizer, second_order=False, tol=self.inner_tol)
         return core.detached(fast)
 
     def predict(self, model: nn.Module, fast_params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
