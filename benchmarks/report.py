@@ -251,7 +251,26 @@ def write_report(doc: dict[str, Any], results_path: str | Path, docs_path: str |
             "## Few-shot segmentation benchmark (held-out datasets)", "## Results", 1)
         docs_path.write_text(text)
         written.append(docs_path)
+        readme = Path(link_base) / "README.md"
+        if splice_into_readme(readme, docs_path.name, text):
+            written.append(readme)
     return written
+
+
+def splice_into_readme(readme: Path, key: str, text: str) -> bool:
+    """Replace the README's block between `<!-- BEGIN generated:KEY -->` and `<!-- END generated:KEY -->`
+    with `text`, so the README's Results section is always the one generated from the JSON.
+    Returns False (and leaves the README alone) when it has no such block."""
+    begin, end = f"<!-- BEGIN generated:{key} -->", f"<!-- END generated:{key} -->"
+    if not readme.is_file():
+        return False
+    current = readme.read_text()
+    if begin not in current or end not in current:
+        return False
+    head, rest = current.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
+    return True
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -115,3 +115,18 @@ def test_protocol_rows_resume_and_report(tmp_path, tasks):
     section = (tmp_path / "docs" / "results.md").read_text()
     assert section.startswith("## Results") and "(results/fewshot_ellipse.png)" in section
     assert len(written) == 3
+
+
+def test_results_section_is_spliced_into_the_readme_between_its_markers(tmp_path):
+    from benchmarks.report import splice_into_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- BEGIN generated:results.md -->\nold table\n<!-- END generated:results.md -->\noutro\n")
+    assert splice_into_readme(readme, "results.md", "## Results\nnew table\n")
+    text = readme.read_text()
+    assert "old table" not in text and "new table" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    plain = tmp_path / "OTHER.md"
+    plain.write_text("no markers\n")
+    assert not splice_into_readme(plain, "results.md", "x")
+    assert plain.read_text() == "no markers\n"
