@@ -6,6 +6,8 @@ mark minus RSS before the call, see benchmarks/_common.py) sees only that config
 
     python -m benchmarks.memory                       # CPU -> benchmarks/results/memory.json
     python -m benchmarks.memory --device cuda --out benchmarks/results/memory_cuda.json
+
+Rows already in --out for other (learner, inner_steps) pairs are kept (a sweep can be split).
 """
 from __future__ import annotations
 
@@ -62,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         row = measure_one(args.one[0], int(args.one[1]), args.device, args.size, args.shots, args.queries)
         print(json.dumps(row))
         return 0
-    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # rows already in --out for other (learner, inner_steps) pairs are kept, so a long sweep can
+    # be split (e.g. --learners imaml later) and an interrupted one loses nothing
+    rows = json.loads(out.read_text()) if out.exists() else []
     for config in args.learners:
         for steps in args.steps:
             cmd = [sys.executable, "-m", "benchmarks.memory", "--one", config, str(steps), "--device", args.device,
@@ -73,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                        queries=args.queries, method="cuda max_memory_allocated" if args.device == "cuda"
                        else "subprocess ru_maxrss - rss before")
             print(json.dumps(row), flush=True)
-            rows.append(row)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+            rows = [r for r in rows if (r["learner"], r["inner_steps"]) != (config, steps)] + [row]
+            rows.sort(key=lambda r: (list(CONFIGS).index(r["learner"]), r["inner_steps"]))
+            out.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -170,7 +170,7 @@ def markdown(rows: list[dict]) -> str:
     settings = (f"Device: {s['device']}; U-Net (resnet18 encoder, depth 3, GroupNorm, {s['parameters']} parameters), "
                 f"{s['image_size']} px, {s['shots']} shots + {s['queries']} queries, {s['inner_steps']} inner SGD steps "
                 f"(lr {s['inner_lr']}), iMAML λ={s['lam']}, {s['cg_steps']} CG steps; median of {s['repeats']} after warm-up; "
-                f"torch {torch.__version__}.\n\nMemory: {s['memory_method']}.\n")
+                f"{s['threads']} CPU thread(s); torch {torch.__version__}.\n\nMemory: {s['memory_method']}.\n")
     return head + "\n".join(lines) + "\n\n" + settings
 
 
@@ -180,22 +180,23 @@ def peak_memory(args, index: int, model, run) -> float:
     if args.device == "cuda":
         return _common.peak_cuda_mb(lambda: collect(model, run))
     cmd = [sys.executable, "-m", "benchmarks.peers", "--memory-of", str(index), "--device", args.device]
-    for option in ("size", "shots", "queries", "inner_steps", "inner_lr", "lam", "cg_steps"):
+    for option in ("size", "shots", "queries", "inner_steps", "inner_lr", "lam", "cg_steps", "threads"):
         cmd += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_common.malloc_env()).stdout
     return float(out.strip().splitlines()[-1])
 
 
 def memory_of(args, index: int) -> float:
-    """Subprocess side of peak_memory: the first call, measured (no warm-up: a warm-up's
-    high-water mark would hide the measured call's)."""
+    """Subprocess side of peak_memory: a warm-up call (it pages in the shared libraries'
+    kernels, ~300 MB of RSS that is not the algorithm's), then the measured call."""
+    torch.set_num_threads(args.threads)
     model = _common.unet(args.device)
     ep = _common.episode(args.size, args.shots, args.queries, args.device)
     run = build(args, model, ep)[index][2]
-    gc.collect()
-    before = _common.rss_mb()
     collect(model, run)
-    return _common.max_rss_mb() - before
+    gc.collect()
+    # sampled, not ru_maxrss: importing the peers leaves a high-water mark above the measured call's
+    return _common.peak_rss_sampled_mb(lambda: collect(model, run))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner-lr", type=float, default=0.1)
     parser.add_argument("--lam", type=float, default=2.0)
     parser.add_argument("--cg-steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: timings on a shared machine are far less noisy single-threaded)")
     parser.add_argument("--out", default="benchmarks/results/peers.json", help="JSON rows; the .md table goes beside it")
     parser.add_argument("--memory-of", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
+    torch.set_num_threads(args.threads)
     model = _common.unet(args.device)
     ep = _common.episode(args.size, args.shots, args.queries, args.device)
     impls = build(args, model, ep)
@@ -230,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         for impl, alg, run in impls:
             times[(impl, alg)].append(_common.timed(lambda: collect(model, run), args.device, repeats=1, warmup=0))
     memory_method = ("torch.cuda.max_memory_allocated during one call minus memory allocated before it" if args.device == "cuda"
-                     else "one fresh subprocess per implementation: ru_maxrss after one call minus RSS before it "
-                          "(its first call; glibc mmap threshold fixed so freed tensors return to the OS)")
+                     else "one fresh subprocess per implementation: peak RSS growth during one call (after a warm-up call), "
+                          "sampled every 1 ms from /proc/self/statm; glibc mmap threshold fixed so freed tensors return to the OS")
     rows = []
     for index, (impl, alg, run) in enumerate(impls):
         peak = peak_memory(args, index, model, run)
@@ -239,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         diff = max(float((a - b).abs().max()) for a, b in zip(grads[(impl, alg)], ref))
         rows.append({
             "impl": impl, "algorithm": alg, "seconds_per_meta_step": sorted(times[(impl, alg)])[len(times[(impl, alg)]) // 2],
-            "all_seconds": [round(t, 4) for t in times[(impl, alg)]], "peak_memory_mb": round(peak, 1),
+            "min_seconds": min(times[(impl, alg)]), "all_seconds": [round(t, 4) for t in times[(impl, alg)]], "peak_memory_mb": round(peak, 1),
             "max_abs_grad_diff": diff, "device": _common.device_description(args.device), "image_size": args.size,
             "shots": args.shots, "queries": args.queries, "inner_steps": args.inner_steps, "inner_lr": args.inner_lr,
-            "lam": args.lam, "cg_steps": args.cg_steps, "repeats": args.repeats,
+            "lam": args.lam, "cg_steps": args.cg_steps, "repeats": args.repeats, "threads": args.threads,
             "parameters": sum(p.numel() for p in trainable(model)), "memory_method": memory_method,
         })
         print(json.dumps({k: rows[-1][k] for k in ("impl", "algorithm", "seconds_per_meta_step", "peak_memory_mb", "max_abs_grad_diff")}), flush=True)
