@@ -30,4 +30,4 @@ class Transfer(InnerLoopLearner):
         with torch.no_grad():
             support = bce_dice_loss(logits[:k], y[:k])
             query = bce_dice_loss(logits[k:], y[k:])
-        return {"query_loss": float(query), "support_loss": float(support), "loss": float(loss)}
+        return {"query_loss": float(query), "support_loss": float(support), "loss": float(loss.detach())}
