@@ -22,7 +22,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for row in ("meta-learned init, no adaptation", "meta-learned init + 1 steps", "scratch (random init) + 1 steps",
                 "meta-learned init + 3 steps", "scratch (random init) + 3 steps"):
         assert row in printed
-    assert "textured_polygon" in printed and "wall time" in printed
+    assert "colour_spots" in printed and "wall time" in printed
     assert (out / MARKER).is_file() and Image.open(out / "comparison.png").size[0] > 100
     overlays = sorted((out / "overlays").iterdir())
     assert len(overlays) == 5 and all(len(list(d.glob("*.png"))) == 10 for d in overlays)
