@@ -122,3 +122,11 @@ def device_description(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def add_episode_arguments(parser) -> None:
+    """--device/--size/--shots/--queries, shared by peers.py and memory.py so both measure alike."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=5)

@@ -50,10 +50,7 @@ def measure_one(config: str, steps: int, device: str, size: int, shots: int, que
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--shots", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=5)
+    _common.add_episode_arguments(parser)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--learners", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--out", default="benchmarks/results/memory.json")

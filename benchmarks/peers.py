@@ -201,10 +201,7 @@ def memory_of(args, index: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--shots", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=5)
+    _common.add_episode_arguments(parser)
     parser.add_argument("--inner-steps", type=int, default=5)
     parser.add_argument("--inner-lr", type=float, default=0.1)
     parser.add_argument("--lam", type=float, default=2.0)

@@ -42,3 +42,17 @@ def meta_grads(learner, model, episode) -> list[torch.Tensor]:
         p.grad = None
     learner.meta_backward(model, episode)
     return [p.grad.clone() for p in params]
+
+
+def unflattener(params: dict):
+    """Inverse of torch.cat([p.flatten() ...]) over `params`' shapes, for full-Hessian references."""
+    names, shapes = list(params), [p.shape for p in params.values()]
+
+    def unflatten(vec):
+        out, i = {}, 0
+        for n, s in zip(names, shapes):
+            out[n] = vec[i:i + s.numel()].view(s)
+            i += s.numel()
+        return out
+
+    return unflatten

@@ -7,7 +7,7 @@ import torch
 from metaseg.errors import MetasegError
 from metaseg.losses import bce_dice_loss
 from metaseg.meta import core, create_learner
-from tests.meta_helpers import random_episode, tiny_net
+from tests.meta_helpers import random_episode, tiny_net, unflattener
 
 
 def test_functional_forward_equals_module_forward_and_substitutes_params():
@@ -49,20 +49,13 @@ def test_hvp_equals_full_hessian_product(method):
     model, ep = tiny_net(), random_episode()
     params = core.detached(core.trainable_params(model))
     loss_fn = core.loss_at(model, ep.support_x, ep.support_y, bce_dice_loss)
-    names, shapes = list(params), [p.shape for p in params.values()]
     flat = torch.cat([p.flatten() for p in params.values()])
-
-    def unflatten(vec):
-        out, i = {}, 0
-        for n, s in zip(names, shapes):
-            out[n] = vec[i:i + s.numel()].view(s)
-            i += s.numel()
-        return out
+    unflatten = unflattener(params)
 
     hessian = torch.autograd.functional.hessian(lambda vec: loss_fn(unflatten(vec)), flat)
     v = torch.randn_like(flat)
     hv = core.HVP_METHODS[method](loss_fn, params)(unflatten(v))
-    torch.testing.assert_close(torch.cat([hv[n].flatten() for n in names]), hessian @ v)
+    torch.testing.assert_close(torch.cat([hv[n].flatten() for n in params]), hessian @ v)
 
 
 def test_conjugate_gradient_solves_spd_system():

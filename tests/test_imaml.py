@@ -7,24 +7,13 @@ import torch
 
 from metaseg.losses import bce_dice_loss
 from metaseg.meta import core, create_learner
-from tests.meta_helpers import meta_grads, random_episode, tiny_net
+from tests.meta_helpers import meta_grads, random_episode, tiny_net, unflattener
 
 
 def flat(params: dict) -> torch.Tensor:
     return torch.cat([p.flatten() for p in params.values()])
 
 
-def unflattener(params: dict):
-    names, shapes = list(params), [p.shape for p in params.values()]
-
-    def unflatten(vec):
-        out, i = {}, 0
-        for n, s in zip(names, shapes):
-            out[n] = vec[i:i + s.numel()].view(s)
-            i += s.numel()
-        return out
-
-    return unflatten
 
 
 @pytest.mark.parametrize("lam,damping", [(2.0, 0.0), (0.5, 0.1)])
