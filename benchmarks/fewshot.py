@@ -154,8 +154,7 @@ def make_split(tasks: dict[str, TaskArrays], target: str, meta_val: dict[str, An
     if not val:
         raise MetasegError(f"meta_val: no source dataset of target {target!r} has >= {min_images} images (meta_val.min_images)")
     check_leakage(train, [tasks[target]])
-    check_leakage(val, [tasks[target]])
-    check_leakage(train, val)
+    check_leakage(val, [tasks[target]])  # meta-train vs meta-val: MetaDataModule.use_tasks
     return Split(target=tasks[target], train=train, val=val)
 
 
@@ -230,9 +229,9 @@ def meta_train(cfg: dict[str, Any], method: str, split: Split, run_dir: Path, de
             val_episodes=int(mt.get("val_episodes", 8)), augment=bool(mt.get("augment", True)),
             train_episodes_per_epoch=int(mt["max_steps"]) * int(mt.get("meta_batch_size", 2)), seed=seed,
         )
-        # The meta-val split is made of source images that no task spec can name, so the arrays
-        # are handed over directly (setup() keeps preloaded tasks); make_split ran the leakage checks.
-        datamodule.tasks = {"train": split.train, "val": split.val, "test": []}
+        # The meta-val split is made of source images that no task spec can name, so the arrays are
+        # handed over; use_tasks checks meta-train against meta-val, make_split checked the target.
+        datamodule.use_tasks(split.train, split.val)
         checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_dice", mode="max",
                                      save_top_k=1, save_last=True)
         trainer = pl.Trainer(

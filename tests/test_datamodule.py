@@ -145,3 +145,18 @@ def test_resume_from_checkpoint_saved_after_validation(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_score", save_top_k=-1, filename="{step}")
     _fit(tmp_path, callbacks=[ckpt], validate=True)
     assert _fit(tmp_path, ckpt_path=str(tmp_path / "ck" / "step=2.ckpt"), validate=True) == full[2:]
+
+
+def test_use_tasks_takes_preloaded_tasks_after_the_leakage_check():
+    from metaseg.data.synthetic import make_synthetic_task
+    from metaseg.errors import MetasegError
+
+    train = make_synthetic_task("bright_ellipse", n=8, size=16, seed=0)
+    val = make_synthetic_task("dark_blob", n=8, size=16, seed=0)
+    dm = MetaDataModule(train_tasks=[], val_tasks=[], test_tasks=[], shots=2, queries=2, meta_batch_size=2)
+    dm.use_tasks([train], [val])
+    assert dm.tasks["train"] == [train] and dm.tasks["val"] == [val] and dm.tasks["test"] == []
+    dm.setup()  # keeps the preloaded tasks
+    assert dm.tasks["train"] == [train]
+    with pytest.raises(MetasegError, match="leakage"):
+        MetaDataModule(train_tasks=[], val_tasks=[], test_tasks=[]).use_tasks([train], [val], [train])

@@ -181,9 +181,14 @@ class MetaDataModule(pl.LightningDataModule):
             load_spec(s, self.image_size, cache_dir=self.cache_dir, data_root=self.data_root, synthetic_n=self.synthetic_n)
             for s in specs
         ]
-        tasks = {"train": load(self.train_specs), "val": load(self.val_specs), "test": load(self.test_specs)}
-        check_leakage(tasks["train"], tasks["val"] + tasks["test"])
-        self.tasks = tasks
+        self.use_tasks(load(self.train_specs), load(self.val_specs), load(self.test_specs))
+
+    def use_tasks(self, train: list[TaskArrays], val: list[TaskArrays], test: list[TaskArrays] = ()) -> None:
+        """Take already-loaded tasks (e.g. a meta-val split that no task spec can name) instead of the
+        specs, after the same leakage check `setup()` runs: meta-train never shares an image with
+        meta-val or meta-test."""
+        check_leakage(list(train), list(val) + list(test))
+        self.tasks = {"train": list(train), "val": list(val), "test": list(test)}
 
     def _tasks(self, split: str) -> list[TaskArrays]:
         if self.tasks is None:
