@@ -20,9 +20,36 @@ SUBCOMMANDS = {
 }
 
 
+def pop_threads(argv: list[str]) -> tuple[int | None, list[str]]:
+    """`metaseg --threads N <command> ...`: the one option every subcommand shares, taken off the
+    front before dispatch (meta-train hands the rest to LightningCLI untouched)."""
+    if not argv or not (argv[0] == "--threads" or argv[0].startswith("--threads=")):
+        return None, argv
+    value, rest = (argv[0].split("=", 1)[1], argv[1:]) if "=" in argv[0] else (argv[1] if len(argv) > 1 else "", argv[2:])
+    if not value.isdigit() or int(value) < 1:
+        raise MetasegError(f"--threads: expected a whole number >= 1, got {value!r}")
+    return int(value), rest
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch's CPU threads: on a small or shared CPU, fewer intra-op threads than cores is
+    often several times faster for metaseg's small convolutions (README, "CPU threads")."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="metaseg", description="Few-shot meta-learning of medical image segmentation")
+    try:
+        threads, argv = pop_threads(argv)
+    except MetasegError as exc:
+        print(f"metaseg: error: {exc}", file=sys.stderr)
+        return 2
+    if threads:
+        set_threads(threads)
+    parser = argparse.ArgumentParser(prog="metaseg", description="Few-shot meta-learning of medical image segmentation",
+                                     epilog="Global option, before the command: --threads N pins torch's CPU threads.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     modules = {}
     for name, mod in SUBCOMMANDS.items():

@@ -52,3 +52,17 @@ def test_check_cvc_clinicdb_full(shared_datasets, capsys):
     assert "layout: cvc-clinicdb (detected)" in out and "pairs: 612" in out
     # MANIFEST: 484 masks with exactly two values, the rest carry extra gray levels -> thresholded
     assert "  binary {0, 255}: 484" in out and "  non-binary: foreground = value >= 128: 128" in out
+
+
+def test_global_threads_option_pins_torch_and_rejects_bad_values(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "data", "list"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["--threads=0", "data", "list"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["metaseg: error: --threads: expected a whole number >= 1, got '0'"]
+    finally:
+        torch.set_num_threads(before)
