@@ -26,6 +26,7 @@ from metaseg.metrics import dice_iou_per_image, mean_ci95
 
 EPISODE_FIELDS = ("method", "shots", "episode", "task", "support_ids", "n_query", "dice", "iou", "seconds")
 SCRATCH_STEPS = 100  # fine-tuning steps of the scratch baseline when --steps is not given
+BASELINES = ("scratch", "support_prior")  # `--method` values that ignore --checkpoint
 CI_NOTE = "95% CI: t-interval over per-image query scores pooled across all episodes of that K"
 
 
@@ -193,14 +194,15 @@ def prepare_out_dir(out: str | Path, overwrite: bool, names: Sequence[str] = ())
 
 def build_method(checkpoint: str | None, method: str | None, seed: int, steps: int | None,
                  model_config: dict | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module, str, dict]:
-    """(model, learner, method name, checkpoint info) for a checkpoint, or the scratch baseline.
+    """(model, learner, method name, checkpoint info) for a checkpoint, or a baseline.
 
     Scratch: a randomly initialised network with the default U-Net config (seeded), trained on
     the K shots by the `transfer` learner's fine-tuning (same step count as the others).
+    support_prior: the majority vote of the K support masks, no network (the floor to beat).
     """
     from metaseg.checkpoints import load_module
 
-    if checkpoint and str(checkpoint).lower() != "none" and method != "scratch":
+    if checkpoint and str(checkpoint).lower() != "none" and method not in BASELINES:
         module = load_module(checkpoint, "--checkpoint", map_location=device)
         name = method or module.hparams.learner["name"]
         return module.model, module.learner, name, module.checkpoint_info
@@ -210,6 +212,8 @@ def build_method(checkpoint: str | None, method: str | None, seed: int, steps: i
     torch.manual_seed(seed)
     with torch.enable_grad():  # building the U-Net runs a probe backward pass
         model = create_model(**(model_config or {"kind": "unet"})).to(device).eval()
+    if method == "support_prior":
+        return model, create_learner("support_prior"), "support_prior", {}
     learner = create_learner("transfer", inner_steps=int(steps or SCRATCH_STEPS)).to(device)
     return model, learner, "scratch", {}
 
@@ -250,7 +254,7 @@ def run_evaluate(
     write_episode_csv(results, out / "episodes.csv")
     write_image_csv(results, out / "images.csv")
     details = [
-        f"checkpoint: {info.get('path', 'none (scratch baseline)')}",
+        f"checkpoint: {info.get('path', f'none ({name} baseline)')}",
         f"dataset: {dataset} ({task.name}, {len(task)} images at {size} px)",
         f"episodes per K: {episodes}; queries per episode: up to {queries}; seed: {seed}; "
         f"adaptation steps: {steps if steps else 'learner default'}",

@@ -30,7 +30,8 @@ TINY = {
     "adaptation": {"steps": 2, "inner_lr": 0.1, "inner_optimizer": "sgd"},
     "model": {"kind": "unet", "encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
     "meta_train": {"max_steps": 2, "meta_batch_size": 1, "shots": 2, "queries": 2, "val_every": 2, "val_episodes": 2},
-    "methods": {"scratch": {}, "fomaml": {"learner": {"name": "fomaml", "inner_steps": 1}}},
+    "methods": {"scratch": {}, "fomaml": {"learner": {"name": "fomaml", "inner_steps": 1}},
+                "prior": {"learner": {"name": "support_prior"}}},
 }
 
 
@@ -79,7 +80,7 @@ def test_protocol_rows_resume_and_report(tmp_path, tasks):
     doc = run_benchmark(cfg, echo=lambda _: None)
 
     rows = doc["rows"]
-    assert {(r["method"], r["shots"]) for r in rows} == {(m, k) for m in ("scratch", "fomaml") for k in (1, 2)}
+    assert {(r["method"], r["shots"]) for r in rows} == {(m, k) for m in ("scratch", "fomaml", "prior") for k in (1, 2)}
     for r in rows:
         assert set(ROW_KEYS) <= set(r)
         assert r["target"] == "ellipse" and r["episodes"] == 2 and len(r["episode_dice"]) == 2
@@ -87,6 +88,8 @@ def test_protocol_rows_resume_and_report(tmp_path, tasks):
         assert r["dice_ci95"] >= 0.0
     fomaml = next(run for run in doc["runs"] if run["method"] == "fomaml")
     assert "ellipse" not in fomaml["meta_train_tasks"] and fomaml["meta_train_steps"] == 2
+    prior = next(run for run in doc["runs"] if run["method"] == "prior")  # nothing to meta-train
+    assert prior["meta_train_steps"] == 0 and prior["train_seconds"] == 0.0
     assert doc["environment"]["device"] == "cpu" and doc["wall_seconds"] > 0
 
     # the evaluated episodes: queries never overlap supports (same sampler as evaluate_method)

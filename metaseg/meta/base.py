@@ -19,6 +19,8 @@ from metaseg.data.types import Episode
 class MetaLearner(nn.Module):
     """Interface; see `metaseg.meta.learners` for implementations."""
 
+    needs_meta_training = True  # False: a baseline that only adapts (the benchmark skips its meta-training)
+
     def setup(self, model: nn.Module) -> None:
         """Create the learner's own meta-parameters that depend on the model (e.g. Meta-SGD
         learning rates shaped like its parameters). Idempotent; call it once right after building
