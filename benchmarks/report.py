@@ -76,13 +76,14 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
         f"GroupNorm), {cfg['image_size']} px inputs, test-time adaptation = {ad['steps']} "
         f"{ad.get('inner_optimizer', 'sgd').upper()} steps at lr {ad.get('inner_lr')} on the K support images "
         "(no test-time augmentation).",
-        f"Meta-training (all but scratch): {mt['max_steps']} outer steps, meta-batch {mt.get('meta_batch_size')}, "
+        f"Meta-training (all but scratch and prior): {mt['max_steps']} outer steps, meta-batch {mt.get('meta_batch_size')}, "
         f"{mt.get('shots')}-shot/{mt.get('queries')}-query source episodes, support augmentation "
         f"{'on' if mt.get('augment', True) else 'off'}, Adam outer lr {mt.get('outer_lr')} (cosine), "
         f"meta-val every {mt.get('val_every')} steps on {mt.get('val_episodes')} episodes; inner loop during "
         "meta-training as each method's options say (table below).",
         "scratch = random initialisation fine-tuned on the K shots; transfer = joint supervised training on the "
-        "source episodes' images, then fine-tuned on the K shots.",
+        "source episodes' images, then fine-tuned on the K shots; prior (`support_prior`) = no network: every query "
+        "pixel is foreground when most of the K support masks mark it, the location prior a method must beat.",
         f"Hardware: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_count')} cores, torch {env.get('torch')}, "
         f"{env.get('torch_threads')} thread(s) per process, {doc.get('jobs', 1)} worker process(es)), device "
         f"`{env['device']}`; total wall time "
@@ -147,7 +148,8 @@ def comparison_lines(doc: dict[str, Any], shots: int = 5) -> list[str]:
     lines = ["| target | K | comparison | Dice difference (points, paired 95% CI) | episodes |", "|---|---:|---|---|---:|"]
     for target in targets:
         for k in sorted({int(r["shots"]) for r in doc["rows"] if r["target"] == target}):
-            for a, b in (("imaml", "maml"), ("imaml", "scratch"), ("imaml", "transfer"), ("maml", "fomaml")):
+            for a, b in (("imaml", "maml"), ("imaml", "scratch"), ("imaml", "transfer"), ("imaml", "prior"),
+                         ("maml", "fomaml")):
                 if (a, target, k) in by and (b, target, k) in by:
                     mean, ci, n = paired_difference(by[(a, target, k)], by[(b, target, k)])
                     lines.append(f"| {target} | {k} | {a} − {b} | {pm(mean, ci)} | {n} |")
@@ -169,7 +171,9 @@ def target_status(doc: dict[str, Any], shots: int = 5) -> list[str]:
         out.append(f"{target}: {verdict} — iMAML {shots}-shot Dice {100 * im:.1f} vs scratch {100 * sc:.1f} "
                    f"(gain {100 * (im - sc):+.1f} points, needs ≥ +{100 * TARGET_GAIN_OVER_SCRATCH:.0f}: "
                    f"{'yes' if gain_ok else 'no'}) and vs transfer {100 * tr:.1f} "
-                   f"({'above' if transfer_ok else 'not above'})")
+                   f"({'above' if transfer_ok else 'not above'})"
+                   + (f"; the support-mask prior scores {100 * by[('prior', target, shots)]['dice_mean']:.1f}"
+                      if ("prior", target, shots) in by else ""))
     return out
 
 
