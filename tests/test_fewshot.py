@@ -133,3 +133,13 @@ def test_results_section_is_spliced_into_the_readme_between_its_markers(tmp_path
     plain.write_text("no markers\n")
     assert not splice_into_readme(plain, "results.md", "x")
     assert plain.read_text() == "no markers\n"
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path("benchmarks").glob("**/*.yaml")))
+def test_shipped_benchmark_configs_are_valid(path):
+    """Every committed benchmark configuration loads, and each method names a registered learner."""
+    from benchmarks.fewshot import learner_class, load_config
+
+    cfg = load_config(path)
+    for method in cfg["methods"]:
+        assert learner_class(cfg, method) is not None
