@@ -16,7 +16,8 @@ For every held-out target dataset and every method:
    same test-time adaptation budget.
 
 "scratch" skips step 2 (random initialisation, fine-tuned on the K shots by the `transfer`
-learner's adaptation). Each finished (method, target) is written to
+learner's adaptation), and so does any learner with nothing to meta-train (`support_prior`, the
+mean support mask cut to the supports' mean area: the floor a method must beat). Each finished (method, target) is written to
 `<work_dir>/partial/<target>__<method>.json` (and its checkpoint under `<work_dir>/<target>/<method>/`),
 so a killed run resumes where it stopped; a partial result made with a different configuration is
 refused (pass --restart to discard it). The table, plots and README section are written by
@@ -102,6 +103,8 @@ def method_fingerprint(cfg: dict[str, Any], method: str, device: str) -> str:
     if method != "scratch":  # scratch is never meta-trained
         keys += ["meta_val", "meta_train"]
     relevant = {k: cfg.get(k) for k in keys}
+    if not meta_trained(cfg, method):
+        relevant = {k: v for k, v in relevant.items() if k not in ("meta_val", "meta_train")}
     relevant.update(method=method, method_config=cfg["methods"][method], device=device.split(":")[0])
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -173,11 +176,30 @@ def load_tasks(cfg: dict[str, Any], echo: Echo = print) -> dict[str, TaskArrays]
 
 
 # ----------------------------------------------------------------------------- methods
+def learner_class(cfg: dict[str, Any], method: str) -> type:
+    from metaseg.meta import LEARNER_REGISTRY
+    import metaseg.meta.learners  # noqa: F401  (registers the built-in learners)
+
+    name = ((cfg["methods"][method] or {}).get("learner") or {"name": "transfer"})["name"]
+    if name not in LEARNER_REGISTRY:
+        raise MetasegError(f"methods.{method}.learner.name: unknown learner {name!r}; known: {sorted(LEARNER_REGISTRY)}")
+    return LEARNER_REGISTRY[name]
+
+
+def meta_trained(cfg: dict[str, Any], method: str) -> bool:
+    """scratch and learners with nothing to meta-train (support_prior) only adapt."""
+    return method != "scratch" and bool(getattr(learner_class(cfg, method), "needs_meta_training", True))
+
+
 def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """The method's learner options plus the shared inner optimiser/lr (scratch: transfer's)."""
+    """The method's learner options plus the shared inner optimiser/lr (scratch: transfer's), the
+    latter only for learners that take them (support_prior has no inner loop)."""
+    import inspect
+
     learner = dict((cfg["methods"][method] or {}).get("learner") or {"name": "transfer"})
+    accepted = inspect.signature(learner_class(cfg, method)).parameters
     for key in SHARED_LEARNER_OPTIONS:
-        if key in cfg["adaptation"]:
+        if key in cfg["adaptation"] and key in accepted:
             learner[key] = cfg["adaptation"][key]
     return learner
 
@@ -191,14 +213,15 @@ def meta_train_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
     return {**cfg["meta_train"], **((cfg["methods"][method] or {}).get("meta_train") or {})}
 
 
-def build_scratch(cfg: dict[str, Any], device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Random initialisation (seeded) + the transfer learner's fine-tuning, nothing meta-trained."""
+def build_untrained(cfg: dict[str, Any], method: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Random initialisation (seeded) + the method's adaptation, nothing meta-trained (scratch:
+    the transfer learner's fine-tuning)."""
     from metaseg.meta import create_learner
     from metaseg.models import create_model
 
     torch.manual_seed(int(cfg["seed"]))
-    model = create_model(**model_config(cfg, "scratch")).to(device).eval()
-    return model, create_learner(**learner_config(cfg, "scratch")).to(device)
+    model = create_model(**model_config(cfg, method)).to(device).eval()
+    return model, create_learner(**learner_config(cfg, method)).to(device)
 
 
 def meta_train(cfg: dict[str, Any], method: str, split: Split, run_dir: Path, device: str,
@@ -283,7 +306,7 @@ def evaluate(cfg: dict[str, Any], method: str, model: torch.nn.Module, learner: 
 
 def run_part(cfg: dict[str, Any], method: str, target: str, tasks: dict[str, TaskArrays], device: str,
              work_dir: Path, echo: Echo = print) -> dict[str, Any]:
-    """One (method, target): meta-train (unless scratch), evaluate, write the partial result."""
+    """One (method, target): meta-train (unless scratch / support_prior), evaluate, write the partial result."""
     partial = work_dir / "partial" / f"{target}__{method}.json"
     fingerprint = method_fingerprint(cfg, method, device)
     if partial.exists():
@@ -298,8 +321,8 @@ def run_part(cfg: dict[str, Any], method: str, target: str, tasks: dict[str, Tas
     run_dir = work_dir / target / method
     run_dir.mkdir(parents=True, exist_ok=True)
     train_info: dict[str, Any] = {"train_seconds": 0.0}
-    if method == "scratch":
-        model, learner = build_scratch(cfg, device)
+    if not meta_trained(cfg, method):
+        model, learner = build_untrained(cfg, method, device)
     else:
         model, learner, train_info = meta_train(cfg, method, split, run_dir, device, echo)
     start = time.perf_counter()

@@ -83,7 +83,7 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
         "meta-training as each method's options say (table below).",
         "scratch = random initialisation fine-tuned on the K shots; transfer = joint supervised training on the "
         "source episodes' images, then fine-tuned on the K shots; prior (`support_prior`) = no network: every query "
-        "pixel is foreground when most of the K support masks mark it, the location prior a method must beat.",
+        "mask is the mean of the K support masks, cut to their mean foreground area: the location prior a method must beat.",
         f"Hardware: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_count')} cores, torch {env.get('torch')}, "
         f"{env.get('torch_threads')} thread(s) per process, {doc.get('jobs', 1)} worker process(es)), device "
         f"`{env['device']}`; total wall time "

@@ -198,7 +198,7 @@ def build_method(checkpoint: str | None, method: str | None, seed: int, steps: i
 
     Scratch: a randomly initialised network with the default U-Net config (seeded), trained on
     the K shots by the `transfer` learner's fine-tuning (same step count as the others).
-    support_prior: the majority vote of the K support masks, no network (the floor to beat).
+    support_prior: the mean of the K support masks cut to their mean area, no network (the floor to beat).
     """
     from metaseg.checkpoints import load_module
 

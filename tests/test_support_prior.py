@@ -1,5 +1,6 @@
-"""support_prior, the learning-free floor: the majority vote of the K support masks, the same
-for every query, with nothing to meta-train; usable from `metaseg evaluate --method`."""
+"""support_prior, the learning-free floor: the mean support mask cut to the supports' mean
+foreground area, the same for every query, with nothing to meta-train; usable from
+`metaseg evaluate --method`."""
 from __future__ import annotations
 
 import pytest
@@ -16,13 +17,20 @@ def _masks(*rows: list[int]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)[:, None, None, :]
 
 
-def test_prediction_is_the_majority_vote_of_the_support_masks():
+def test_prediction_keeps_the_most_marked_pixels_up_to_the_mean_support_area():
     learner = create_learner("support_prior")
-    support_y = _masks([1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0])
-    fast = learner.adapt(None, torch.zeros(3, 3, 1, 4), support_y)
-    logits = learner.predict(None, fast, torch.rand(5, 3, 1, 4))
-    assert logits.shape == (5, 1, 1, 4) and torch.isfinite(logits).all()
-    assert (logits > 0).int()[:, 0, 0].tolist() == [[1, 1, 0, 0]] * 5  # 3/3, 2/3 -> fg; 1/3, 0/3 -> bg
+    support_y = _masks([1, 1, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0])  # mean area 2 of 6 pixels
+    fast = learner.adapt(None, torch.zeros(3, 3, 1, 6), support_y)
+    logits = learner.predict(None, fast, torch.rand(5, 3, 1, 6))
+    assert logits.shape == (5, 1, 1, 6) and torch.isfinite(logits).all()
+    assert (logits > 0).int()[:, 0, 0].tolist() == [[1, 1, 0, 0, 0, 0]] * 5  # marked 3/3 and 2/3: the top 2
+
+    # objects that never overlap: a majority vote would be empty, the area-matched prior is not
+    scattered = _masks([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0])
+    fast = learner.adapt(None, torch.zeros(3, 1, 1, 4), scattered)
+    assert int((learner.predict(None, fast, torch.zeros(1, 1, 1, 4)) > 0).sum()) >= 1
+    empty = learner.adapt(None, torch.zeros(2, 1, 1, 4), _masks([0, 0, 0, 0], [0, 0, 0, 0]))
+    assert int((learner.predict(None, empty, torch.zeros(1, 1, 1, 4)) > 0).sum()) == 0
 
 
 def test_one_shot_prior_reproduces_the_support_mask():

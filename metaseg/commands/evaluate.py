@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", help="a .ckpt written by `metaseg meta-train`; 'none' (or omitted) = scratch baseline")
     parser.add_argument("--method", choices=["scratch", "support_prior"],
                         help="a baseline instead of --checkpoint: scratch trains a random init on each support; "
-                             "support_prior predicts the majority vote of the support masks (the floor to beat)")
+                             "support_prior predicts the mean support mask cut to the supports' mean area (the floor to beat)")
     parser.add_argument("--dataset", required=True, help="dataset folder (or a name under the data root, or synthetic:<family>)")
     parser.add_argument("--layout", help="dataset layout (default: detected)")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="K values (default 1 5 10)")

@@ -2,7 +2,7 @@
 
 maml / fomaml (maml.py), imaml (imaml.py) and the supervised `transfer` baseline (transfer.py)
 all run on `metaseg.meta.core`; `common.py` holds what they share (options, adapt, predict).
-`support_prior` (support_prior.py) is the learning-free floor: the majority vote of the support masks.
+`support_prior` (support_prior.py) is the learning-free floor: the mean support mask cut to the supports' mean area.
 """
 from metaseg.meta.learners.common import InnerLoopLearner
 from metaseg.meta.learners.imaml import IMAML

@@ -1,5 +1,7 @@
-"""The learning-free floor a few-shot result is read against: every query pixel is predicted
-foreground when most of the K support masks mark that pixel.
+"""The learning-free floor a few-shot result is read against: the mean of the K support masks,
+thresholded so that the predicted area equals the supports' mean foreground area, and the same
+mask for every query. (A plain majority vote shrinks to nothing when the supports' objects do not
+overlap, so it would be too weak a floor.)
 
 Why it exists: on datasets whose object sits at a typical place and size (polyps, skin lesions,
 lungs) this location prior alone scores a Dice that a method must beat before it can be said to
@@ -20,13 +22,19 @@ _EPS = 1e-4  # keeps the logits of an all-0 / all-1 pixel finite
 
 @register_learner("support_prior")
 class SupportPrior(MetaLearner):
-    """No options: the fraction of support masks that mark a pixel is its foreground probability."""
+    """No options: pixels ranked by how many support masks mark them; the top ones, as many as the
+    supports' mean foreground area, are foreground."""
 
     needs_meta_training = False
 
     def adapt(self, model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor,
               steps: int | None = None) -> dict[str, torch.Tensor]:
-        return {"prior": support_y.detach().float().mean(0, keepdim=True)}
+        mean_mask = support_y.detach().float().mean(0, keepdim=True)  # (1,1,H,W), fraction of supports marking each pixel
+        area = int(round(float(support_y.float().mean()) * mean_mask.numel()))
+        if area == 0:
+            return {"prior": torch.zeros_like(mean_mask)}
+        cut = torch.topk(mean_mask.flatten(), area).values[-1]
+        return {"prior": ((mean_mask >= cut) & (mean_mask > 0)).float()}
 
     def predict(self, model: nn.Module, fast_params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         prior = fast_params["prior"]
