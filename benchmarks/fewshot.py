@@ -100,11 +100,9 @@ def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
 def method_fingerprint(cfg: dict[str, Any], method: str, device: str) -> str:
     """Hash of everything that changes one (method, target) result (paths and thread counts excluded)."""
     keys = ["seed", "image_size", "datasets", "evaluation", "adaptation", "model"]
-    if method != "scratch":  # scratch is never meta-trained
+    if meta_trained(cfg, method):  # scratch and support_prior never see the sources
         keys += ["meta_val", "meta_train"]
     relevant = {k: cfg.get(k) for k in keys}
-    if not meta_trained(cfg, method):
-        relevant = {k: v for k, v in relevant.items() if k not in ("meta_val", "meta_train")}
     relevant.update(method=method, method_config=cfg["methods"][method], device=device.split(":")[0])
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -177,6 +175,8 @@ def load_tasks(cfg: dict[str, Any], echo: Echo = print) -> dict[str, TaskArrays]
 
 # ----------------------------------------------------------------------------- methods
 def learner_class(cfg: dict[str, Any], method: str) -> type:
+    """The registered class behind a method (scratch: transfer), read before anything is built so
+    that the benchmark knows what to meta-train and which shared options the learner takes."""
     from metaseg.meta import LEARNER_REGISTRY
     import metaseg.meta.learners  # noqa: F401  (registers the built-in learners)
 
