@@ -174,21 +174,22 @@ def load_tasks(cfg: dict[str, Any], echo: Echo = print) -> dict[str, TaskArrays]
 
 
 # ----------------------------------------------------------------------------- methods
-def learner_class(cfg: dict[str, Any], method: str) -> type:
-    """The registered class behind a method (scratch: transfer), read before anything is built so
-    that the benchmark knows what to meta-train and which shared options the learner takes."""
-    from metaseg.meta import LEARNER_REGISTRY
-    import metaseg.meta.learners  # noqa: F401  (registers the built-in learners)
+def method_learner(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method's own learner options as configured (scratch: the transfer learner)."""
+    return dict((cfg["methods"][method] or {}).get("learner") or {"name": "transfer"})
 
-    name = ((cfg["methods"][method] or {}).get("learner") or {"name": "transfer"})["name"]
-    if name not in LEARNER_REGISTRY:
-        raise MetasegError(f"methods.{method}.learner.name: unknown learner {name!r}; known: {sorted(LEARNER_REGISTRY)}")
-    return LEARNER_REGISTRY[name]
+
+def learner_class(cfg: dict[str, Any], method: str) -> type:
+    """The registered class behind a method, read before anything is built so that the benchmark
+    knows what to meta-train and which shared options the learner takes."""
+    from metaseg.meta import learner_class as registered
+
+    return registered(method_learner(cfg, method)["name"], option=f"methods.{method}.learner.name")
 
 
 def meta_trained(cfg: dict[str, Any], method: str) -> bool:
     """scratch and learners with nothing to meta-train (support_prior) only adapt."""
-    return method != "scratch" and bool(getattr(learner_class(cfg, method), "needs_meta_training", True))
+    return method != "scratch" and learner_class(cfg, method).needs_meta_training
 
 
 def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
@@ -196,7 +197,7 @@ def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
     latter only for learners that take them (support_prior has no inner loop)."""
     import inspect
 
-    learner = dict((cfg["methods"][method] or {}).get("learner") or {"name": "transfer"})
+    learner = method_learner(cfg, method)
     accepted = inspect.signature(learner_class(cfg, method)).parameters
     for key in SHARED_LEARNER_OPTIONS:
         if key in cfg["adaptation"] and key in accepted:

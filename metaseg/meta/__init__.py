@@ -20,11 +20,17 @@ def register_learner(name: str) -> Callable[[type], type]:
     return deco
 
 
-def create_learner(name: str, **kwargs: Any) -> MetaLearner:
-    """Build a learner by name; unknown names are a one-line error naming the option."""
+def learner_class(name: str, option: str = "learner.name") -> Callable[..., MetaLearner]:
+    """The registered class for `name`, without building it (callers that must know what a learner
+    is before building one: the benchmark); unknown names are a one-line error naming `option`."""
     from metaseg.errors import MetasegError
     import metaseg.meta.learners  # noqa: F401  (registers the built-in learners)
 
     if name not in LEARNER_REGISTRY:
-        raise MetasegError(f"learner.name: unknown learner {name!r}; known: {sorted(LEARNER_REGISTRY)}")
-    return LEARNER_REGISTRY[name](**kwargs)
+        raise MetasegError(f"{option}: unknown learner {name!r}; known: {sorted(LEARNER_REGISTRY)}")
+    return LEARNER_REGISTRY[name]
+
+
+def create_learner(name: str, **kwargs: Any) -> MetaLearner:
+    """Build a learner by name; unknown names are a one-line error naming the option."""
+    return learner_class(name)(**kwargs)
