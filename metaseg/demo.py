@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from metaseg.checkpoints import load_module, read_checkpoint
-    from metaseg.commands.train import meta_train
+    from metaseg.training.fit import meta_train
     from metaseg.data.episodes import EpisodeSampler
     from metaseg.data.tasks import TaskSpec, load_spec
     from metaseg.evaluate import build_method, evaluate_method, summarise

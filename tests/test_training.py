@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from metaseg.cli import main as cli_main
-from metaseg.commands.train import meta_train
+from metaseg.training.fit import meta_train
 from metaseg.data.datamodule import MetaDataModule
 
 TINY_MODEL = {"kind": "unet", "encoder_depth": 2, "decoder_channels": [16, 8]}

@@ -1,19 +1,14 @@
 """`metaseg meta-train --config experiments/<name>.yaml [--section.key value ...]` (LightningCLI).
 
-Runs fit (model selection on meta-validation: ModelCheckpoint monitors `val_dice`), then, when
-the config has meta-test tasks, reports meta-test Dice/IoU of the best-on-validation checkpoint.
-Test never feeds back into selection. `--ckpt_path` resumes a killed run.
+Argument parsing only: the arguments go untouched to `metaseg.training.fit.meta_train`, the one
+meta-training entry point (the benchmark uses it too). Fit selects on meta-validation, then reports
+meta-test Dice/IoU of the best-on-validation checkpoint; `--ckpt_path` resumes a killed run.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import sys
-from pathlib import Path
-from typing import Any, Optional
-
-from metaseg.errors import MetasegError
+from typing import Any
 
 HELP = "meta-train a learner from a YAML config (LightningCLI: --config FILE, dotted overrides, --ckpt_path to resume)"
 
@@ -29,157 +24,15 @@ def run(args: argparse.Namespace) -> int:
     return run_argv(list(args.rest))
 
 
-def _make_cli_class():
-    """Build the LightningCLI subclass lazily (importing Lightning takes a few seconds)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.cli import LightningCLI
-
-    class MetaSegCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_argument("--experiment", type=Optional[str], default=None,
-                                help="run name; logs and checkpoints go to runs/<experiment>/version_N (default: the config file's name)")
-            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
-                                help="resume a killed run from this checkpoint (e.g. runs/<name>/version_0/checkpoints/last.ckpt)")
-            parser.add_argument("--run_test", type=bool, default=True,
-                                help="after fit, report meta-test Dice/IoU of the best-on-validation checkpoint")
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({
-                "checkpoint.monitor": "val_dice",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best",  # a stable path to hand to adapt/evaluate; the score is printed
-            })
-
-        def before_instantiate_classes(self) -> None:
-            config = self.config
-            name = config.get("experiment") or _config_stem(config.get("config")) or "metaseg"
-            config.experiment = name
-            if not config.trainer.get("default_root_dir"):
-                config.trainer.default_root_dir = str(Path("runs") / name)
-            if config.get("ckpt_path"):
-                from metaseg.checkpoints import read_checkpoint
-
-                ckpt_path = Path(config.ckpt_path)
-                read_checkpoint(ckpt_path, "--ckpt_path")  # one-line error for a wrong file, before Lightning
-                # keep ModelCheckpoint in the original folder so its best-so-far state is restored
-                # and selection spans the whole run, not only the part after the restart
-                if not config.checkpoint.get("dirpath"):
-                    config.checkpoint.dirpath = str(ckpt_path.parent)
-
-        def instantiate_trainer(self, **kwargs: Any):
-            if self.config.trainer.get("logger") in (None, True):
-                kwargs["logger"] = default_loggers(Path(self.config.trainer.default_root_dir))
-            return super().instantiate_trainer(**kwargs)
-
-    return MetaSegCLI
-
-
-def _config_stem(configs: Any) -> str | None:
-    if not configs:
-        return None
-    last = configs[-1] if isinstance(configs, (list, tuple)) else configs
-    path = getattr(last, "relative", None) or getattr(last, "absolute", None) or str(last)
-    return Path(str(path)).stem
-
-
-def default_loggers(root: Path) -> list:
-    """CSV logs always; TensorBoard as well when it is installed (same version folder)."""
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    csv_logger = CSVLogger(save_dir=str(root), name="")
-    loggers = [csv_logger]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(save_dir=str(root), name="", version=csv_logger.version, sub_dir="tensorboard"))
-    return loggers
-
-
-def _one_line(message: str) -> str:
-    """jsonargparse errors can span several lines; the first three carry the key and the reason."""
-    lines = [line.strip(" -") for line in str(message).strip().splitlines() if line.strip(" -")]
-    text = ""
-    for line in lines[:3]:
-        text += line if not text else (" " if text.endswith(":") else "; ") + line
-    return text or "invalid arguments"
-
-
 def run_argv(argv: list[str]) -> int:
     """Entry point of `metaseg meta-train`; MetasegError propagates to cli.py (one-line message)."""
+    from metaseg.training.fit import meta_train
+
     try:
-        meta_train(argv)
+        meta_train(argv, parser_kwargs={"prog": "metaseg meta-train", "description": HELP})
     except SystemExit as exc:  # --help / --print_config
         return int(exc.code or 0)
     return 0
-
-
-def meta_train(argv: list[str]) -> dict[str, Any]:
-    """Parse `argv` like the command line, fit, test the best-on-validation checkpoint when there
-    are meta-test tasks; returns {"best", "last", "log_dir", "test"} (the demo uses this)."""
-    import warnings
-
-    for noise in (".*litlogger.*", ".*args parameter is intended.*", ".*overridden `transfer_batch_to_device`.*",
-                  ".*LeafSpec.*", ".*does not have many workers.*", ".*tensorboardX.*"):
-        warnings.filterwarnings("ignore", message=noise)
-    from metaseg.data.datamodule import MetaDataModule
-    from metaseg.training.module import MetaSegModule
-
-    cli_class = _make_cli_class()
-    try:
-        cli = cli_class(
-            MetaSegModule,
-            MetaDataModule,
-            run=False,
-            args=list(argv),
-            seed_everything_default=0,
-            trainer_defaults={"inference_mode": False},  # meta-validation adapts, which needs autograd
-            parser_kwargs={"exit_on_error": False, "prog": "metaseg meta-train", "description": HELP},
-            save_config_kwargs={"overwrite": True},
-        )
-    except argparse.ArgumentError as exc:
-        raise MetasegError(f"meta-train: {_one_line(str(exc))}") from None
-    return fit_and_test(cli)
-
-
-def fit_and_test(cli: Any) -> dict[str, Any]:
-    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
-    callback = trainer.checkpoint_callback
-    best = getattr(callback, "best_model_path", "") or ""
-    last = getattr(callback, "last_model_path", "") or ""
-    if trainer.is_global_zero:
-        if best:
-            score = callback.best_model_score
-            score_text = f" (val_dice {float(score):.4f})" if score is not None else ""
-            print(f"best checkpoint (selected on meta-validation){score_text}: {best}")
-        if last:
-            print(f"last checkpoint: {last}")
-    log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    results: dict[str, float] = {}
-    if cli.config.get("run_test") and _has_test_tasks(datamodule):
-        chosen = best or last or None
-        trainer.test(model, datamodule=datamodule, ckpt_path=chosen)
-        results = dict(getattr(model, "test_results", {}) or {})
-        if trainer.is_global_zero and results:
-            report_test(results, chosen, log_dir)
-    return {"best": best, "last": last, "log_dir": str(log_dir), "test": results}
-
-
-def _has_test_tasks(datamodule: Any) -> bool:
-    hparams = getattr(datamodule, "hparams", {})
-    tasks = hparams.get("test_tasks") if hasattr(hparams, "get") else None
-    return bool(tasks if tasks is not None else getattr(datamodule, "test_tasks", None))
-
-
-def report_test(results: dict[str, float], checkpoint: str | None, log_dir: Path) -> None:
-    """Print and save meta-test numbers (per-image Dice/IoU, 95% t-interval over all query images)."""
-    line = (
-        f"meta-test: Dice {results['test_dice']:.4f} ± {results['test_dice_ci95']:.4f}, "
-        f"IoU {results['test_iou']:.4f} ± {results['test_iou_ci95']:.4f} "
-        f"(95% CI over {int(results['test_images'])} query images in {int(results['test_episodes'])} episodes; "
-        f"checkpoint chosen on meta-validation: {checkpoint})"
-    )
-    print(line)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / "test_results.json").write_text(json.dumps({**results, "checkpoint": checkpoint}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
