@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "meta-train": "train",
     "adapt": "adapt",
     "evaluate": "evaluate",
+    "synth": "synth",
 }
 
 

@@ -1,0 +1,110 @@
+"""`metaseg synth train|sample|audit`: joint (image, mask) generators and their memorisation audit
+(docs/synthetic.md)."""
+from __future__ import annotations
+
+import argparse
+
+from metaseg.errors import MetasegError
+from metaseg.generative.base import GENERATORS
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "synth", help="synthetic training data: train a GAN or diffusion generator of image-mask pairs, sample, audit",
+        description="Generate (image, mask) pairs that can be shared instead of images, and check that they are not "
+        "copies of the training images. See docs/synthetic.md.",
+    )
+    sub = parser.add_subparsers(dest="synth_command", metavar="{train,sample,audit}", required=True)
+
+    t = sub.add_parser("train", help="train a joint generator on a dataset (resumes from --out/last.ckpt)",
+                       description="Train a GAN (DCGAN) or a diffusion model (diffusers UNet2DModel + DDPM) on the "
+                       "(image, mask) pairs of --dataset. A held-out split (by content hash) is kept away from the "
+                       "generator. Progress lines go to stderr; --out/last.ckpt is rewritten atomically every "
+                       "--save-every steps, and rerunning the same command resumes from it.")
+    t.add_argument("--dataset", required=True, help="dataset folder (any readable layout)")
+    t.add_argument("--model", required=True, help="generator: " + " or ".join(GENERATORS))
+    t.add_argument("--out", required=True, help="run folder: last.ckpt and samples.png (new, or one to resume)")
+    t.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
+    t.add_argument("--size", type=int, default=64, help="side length, a power of two (default 64)")
+    t.add_argument("--width", type=int, default=32, help="network width (default 32)")
+    t.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    t.add_argument("--lr", type=float, help="learning rate (default: gan 2e-4, diffusion 5e-4)")
+    t.add_argument("--n-train", type=int, help="train on this many images of the training split (default: all of it)")
+    t.add_argument("--heldout-fraction", type=float, default=0.2, help="share of source files held out (default 0.2)")
+    t.add_argument("--seed", type=int, default=0, help="split, initialisation and batches (default 0)")
+    t.add_argument("--layout", help="dataset layout (default: detected)")
+    t.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default 100)")
+    t.add_argument("--log-every", type=int, default=20, help="progress line every N steps (default 20)")
+    t.add_argument("--cache-dir", help="where decoded datasets are cached")
+    t.set_defaults(func=run_train)
+
+    s = sub.add_parser("sample", help="write N sampled pairs as an images/ + masks/ dataset",
+                       description="Sample --n pairs; masks are thresholded to {0, 1} and written as 0/255 PNGs. "
+                       "The folder is a dataset every metaseg command reads (generic layout).")
+    s.add_argument("--checkpoint", required=True, help="last.ckpt of `metaseg synth train` (or its run folder)")
+    s.add_argument("--n", type=int, required=True, help="number of pairs")
+    s.add_argument("--out", required=True, help="new output folder (an existing non-empty one needs --overwrite)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--batch-size", type=int, default=64, help="pairs per batch (default 64)")
+    s.add_argument("--sampler", default="ddim", help="diffusion only: ddim (default) or ddpm")
+    s.add_argument("--sample-steps", type=int, default=50, help="diffusion only: DDIM denoising steps (default 50)")
+    s.add_argument("--overwrite", action="store_true", help="replace this command's outputs in --out")
+    s.set_defaults(func=run_sample)
+
+    a = sub.add_parser("audit", help="memorisation audit of synthetic images against the training images",
+                       description="For every synthetic image, the maximum Pearson correlation and SSIM against every "
+                       "training image; fraction above --tau, histogram, closest pairs. With --checkpoint, --train is "
+                       "narrowed to the images that generator saw and its held-out split is the no-memorisation "
+                       "reference (or give --heldout).")
+    a.add_argument("--synthetic", required=True, help="folder written by `metaseg synth sample` (or any dataset)")
+    a.add_argument("--train", required=True, help="the generator's training dataset folder")
+    a.add_argument("--out", required=True, help="report folder (new, or --overwrite)")
+    a.add_argument("--checkpoint", help="the generator's last.ckpt: audit against its training split, reference = its held-out split")
+    a.add_argument("--heldout", help="real images the generator never saw (the reference); overrides the checkpoint's split")
+    a.add_argument("--tau", type=float, default=0.95, help="flag images whose max correlation exceeds this (default 0.95)")
+    a.add_argument("--size", type=int, help="compare at this side length (default: the checkpoint's, else 64)")
+    a.add_argument("--ssim-candidates", type=int, default=0,
+                   help="SSIM against the K most correlated training images only (default 0 = all)")
+    a.add_argument("--chunk", type=int, default=512, help="rows per correlation block (memory: chunk^2 floats)")
+    a.add_argument("--top", type=int, default=8, help="closest pairs shown in the figure (default 8)")
+    a.add_argument("--layout", help="layout of --train/--heldout (default: detected)")
+    a.add_argument("--cache-dir", help="where decoded datasets are cached")
+    a.add_argument("--overwrite", action="store_true", help="replace this command's outputs in --out")
+    a.set_defaults(func=run_audit)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from metaseg.generative.trainer import RunConfig, train
+    from metaseg.models.generators import check_size
+
+    if args.model not in GENERATORS:
+        raise MetasegError(f"--model: unknown generator {args.model!r}; choose one of {', '.join(GENERATORS)}")
+    config = RunConfig(model=args.model, dataset=str(Path(args.dataset).expanduser().resolve()), layout=args.layout,
+                       size=check_size(args.size), width=args.width, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       n_train=args.n_train, heldout_fraction=args.heldout_fraction)
+    path = train(config, args.out, args.steps, args.save_every, args.log_every, args.cache_dir)
+    print(path)
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from metaseg.generative.diffusion import SAMPLERS
+    from metaseg.generative.sample import sample_to_folder
+
+    if args.sampler not in SAMPLERS:
+        raise MetasegError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    out = sample_to_folder(args.checkpoint, args.n, args.out, seed=args.seed, batch_size=args.batch_size,
+                           overwrite=args.overwrite, sampler=args.sampler, steps=args.sample_steps)
+    print(out)
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from metaseg.generative.audit import run_audit as audit
+
+    audit(args.synthetic, args.train, args.out, heldout=args.heldout, checkpoint=args.checkpoint, tau=args.tau,
+          size=args.size, layout=args.layout, ssim_candidates=args.ssim_candidates, chunk=args.chunk, top=args.top,
+          overwrite=args.overwrite, cache_dir=args.cache_dir)
+    return 0

@@ -1,0 +1,53 @@
+"""What the training loop and the sampler need from a generator, and the registry of generators.
+
+A generator owns its networks and optimisers, takes one training step on a batch of joint samples
+in [-1, 1], and samples from a torch.Generator, so that a resumed run draws exactly the same noise.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from metaseg.errors import MetasegError
+
+# name -> "module:Class" (imported on use: the diffusion model pulls in diffusers)
+GENERATORS = {"gan": "metaseg.generative.gan:GAN", "diffusion": "metaseg.generative.diffusion:Diffusion"}
+
+
+class JointGenerator(ABC):
+    """channels = image channels + 1 (the mask); size = side length (a power of two)."""
+
+    def __init__(self, channels: int, size: int, width: int = 32, lr: float | None = None):
+        self.channels, self.size, self.width = int(channels), int(size), int(width)
+        self.lr = float(lr if lr is not None else self.default_lr)
+
+    default_lr = 2e-4
+
+    def spec(self) -> dict[str, Any]:
+        """Constructor arguments, stored in the checkpoint to rebuild the model."""
+        return {"channels": self.channels, "size": self.size, "width": self.width, "lr": self.lr}
+
+    @abstractmethod
+    def train_step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+        """One optimisation step on joint samples x (B, C+1, H, W); all randomness from `gen`."""
+
+    @abstractmethod
+    def sample(self, n: int, gen: torch.Generator, **options: Any) -> torch.Tensor:
+        """n joint samples (n, C+1, H, W) in [-1, 1] (mask channel not yet thresholded)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Networks and optimiser states (tensors and plain containers only: weights_only loading)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def create_generator(name: str, **spec: Any) -> JointGenerator:
+    if name not in GENERATORS:
+        raise MetasegError(f"--model: unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
+    module, cls = GENERATORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**spec)
