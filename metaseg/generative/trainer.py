@@ -91,6 +91,8 @@ def _prepare_out(out: Path, config: RunConfig) -> dict[str, Any] | None:
     """The checkpoint to resume from, None for a fresh run; refuses a folder of something else."""
     last = out / CHECKPOINT
     if last.is_file():
+        for stale in out.glob(".tmp-*.ckpt"):  # a kill during a save leaves its temp file behind
+            stale.unlink()
         ckpt = read_synth_checkpoint(last, "--out")
         saved = ckpt["config"]
         changed = [k for k, v in asdict(config).items() if saved.get(k) != v]
