@@ -160,3 +160,25 @@ def test_use_tasks_takes_preloaded_tasks_after_the_leakage_check():
     assert dm.tasks["train"] == [train]
     with pytest.raises(MetasegError, match="leakage"):
         MetaDataModule(train_tasks=[], val_tasks=[], test_tasks=[]).use_tasks([train], [val], [train])
+
+
+def test_val_split_holds_a_content_hash_part_of_the_large_training_tasks_out():
+    """`val_split` makes meta-val tasks `<name>:val` from the training tasks with enough images (by
+    content hash: no image on both sides), beside the configured val_tasks; the same seed, the same split."""
+    def setup(seed: int = 0) -> MetaDataModule:
+        dm = MetaDataModule(train_tasks=[{"name": "big", "root": "synthetic:bright_ellipse", "n": 20},
+                                         {"name": "small", "root": "synthetic:dark_blob", "n": 6}],
+                            val_tasks=[{"name": "rings", "root": "synthetic:rings", "n": 6}],
+                            image_size=16, val_split=0.25, val_split_min_images=10, seed=seed)
+        dm.setup()
+        return dm
+
+    dm = setup()
+    train, val = dm.tasks["train"], dm.tasks["val"]
+    assert [t.name for t in train] == ["big", "small"] and [t.name for t in val] == ["rings", "big:val"]
+    assert len(val[1]) == 5 and len(train[0]) == 15 and len(train[1]) == 6
+    assert not set(train[0].hashes) & set(val[1].hashes)
+    assert val[1].ids == setup().tasks["val"][1].ids != setup(seed=1).tasks["val"][1].ids
+    with pytest.raises(MetasegError, match="val_split_min_images"):
+        MetaDataModule(train_tasks=[{"root": "synthetic:dark_blob", "n": 6}], image_size=16, val_split=0.25,
+                       val_split_min_images=10).setup()

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from metaseg.data.episodes import EpisodeSampler
-from metaseg.data.tasks import TaskSpec, check_leakage, load_spec
+from metaseg.data.tasks import TaskSpec, check_leakage, load_spec, split_meta_val
 from metaseg.data.types import Episode, TaskArrays
 from metaseg.errors import MetasegError
 
@@ -135,6 +135,9 @@ class MetaDataModule(pl.LightningDataModule):
 
     Task lists are TaskSpec-like dicts ``{name, root, layout?, category?, **reader options}``
     (root: folder under the data root, absolute path, or ``synthetic:<family>``).
+    ``val_split`` > 0 holds that fraction of every meta-training task with at least
+    ``val_split_min_images`` images out as a meta-val task ``<name>:val`` (by content hash, seeded by
+    ``seed``), beside any ``val_tasks``: meta-validation from the meta-training distribution.
     """
 
     def __init__(
@@ -156,6 +159,8 @@ class MetaDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         synthetic_n: int = 64,
+        val_split: float = 0.0,
+        val_split_min_images: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -170,6 +175,7 @@ class MetaDataModule(pl.LightningDataModule):
         self.steps_per_epoch = max(1, train_episodes_per_epoch // meta_batch_size)
         self.augment, self.num_workers, self.synthetic_n = augment, num_workers, synthetic_n
         self.data_root, self.cache_dir = data_root, cache_dir
+        self.val_split, self.val_split_min_images = val_split, val_split_min_images
         self.tasks: dict[str, list[TaskArrays]] | None = None
 
     # ------------------------------------------------------------------ loading
@@ -181,7 +187,11 @@ class MetaDataModule(pl.LightningDataModule):
             load_spec(s, self.image_size, cache_dir=self.cache_dir, data_root=self.data_root, synthetic_n=self.synthetic_n)
             for s in specs
         ]
-        self.use_tasks(load(self.train_specs), load(self.val_specs), load(self.test_specs))
+        train, val = load(self.train_specs), load(self.val_specs)
+        if self.val_split:
+            train, held = split_meta_val(train, self.val_split, self.val_split_min_images, self.seed)
+            val = val + held
+        self.use_tasks(train, val, load(self.test_specs))
 
     def use_tasks(self, train: list[TaskArrays], val: list[TaskArrays], test: list[TaskArrays] = ()) -> None:
         """Take already-loaded tasks (e.g. a meta-val split that no task spec can name) instead of the

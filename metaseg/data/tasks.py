@@ -14,11 +14,14 @@ Keys other than name/root/layout/category are reader options passed to the reade
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from metaseg.data.synthetic import make_synthetic_task
 from metaseg.data.types import TaskArrays
@@ -151,6 +154,48 @@ def check_leakage(train: Iterable[TaskArrays], test: Iterable[TaskArrays]) -> No
                     f"data leakage: {train_src} (meta-train task {train_task!r}) and {src} "
                     f"(held-out task {task.name!r}) are the same image (sha1 {h[:12]}); remove one of them"
                 )
+
+
+def subset(task: TaskArrays, rows: Iterable[int], name: str) -> TaskArrays:
+    """The rows `rows` of `task` as a task of their own, named `name`."""
+    rows = np.asarray(list(rows), dtype=np.int64)
+    return TaskArrays(name=name, images=task.images[rows], masks=task.masks[rows],
+                      ids=[task.ids[i] for i in rows], hashes=[task.hashes[i] for i in rows],
+                      sources=[task.sources[i] for i in rows])
+
+
+def split_by_hash(task: TaskArrays, fraction: float, seed: int) -> tuple[TaskArrays, TaskArrays]:
+    """(kept part, held-out part `<name>:val`) of one task, split by content hash so that duplicated
+    images land on one side only; the same (task name and content, fraction, seed) always gives
+    the same split."""
+    unique = sorted(set(task.hashes))
+    rng = np.random.default_rng([seed, int(hashlib.sha1(task.name.encode()).hexdigest()[:8], 16)])
+    held = set(rng.permutation(unique)[: max(1, int(round(fraction * len(unique))))].tolist())
+    val_rows = [i for i, h in enumerate(task.hashes) if h in held]
+    train_rows = [i for i, h in enumerate(task.hashes) if h not in held]
+    return subset(task, train_rows, task.name), subset(task, val_rows, f"{task.name}:val")
+
+
+def split_meta_val(tasks: Iterable[TaskArrays], fraction: float, min_images: int,
+                   seed: int) -> tuple[list[TaskArrays], list[TaskArrays]]:
+    """(meta-train, meta-val): every task with at least `min_images` images gives `fraction` of its
+    images (by content hash) to a meta-val task `<name>:val`; smaller tasks stay whole in meta-train.
+    Model selection then sees the meta-training distribution without seeing its images."""
+    if not 0.0 < fraction < 1.0:
+        raise MetasegError(f"data.val_split: a fraction between 0 and 1 is needed, not {fraction}")
+    train: list[TaskArrays] = []
+    val: list[TaskArrays] = []
+    for task in tasks:
+        if len(task) >= min_images:
+            kept, held = split_by_hash(task, fraction, seed)
+            train.append(kept)
+            val.append(held)
+        else:
+            train.append(task)
+    if not val:
+        raise MetasegError(f"data.val_split: no meta-training task has >= {min_images} images "
+                           "(data.val_split_min_images)")
+    return train, val
 
 
 def leave_one_dataset_out(
