@@ -3,17 +3,25 @@
     python -m benchmarks.fewshot --config benchmarks/fewshot.yaml      # = make benchmark (CPU)
     python -m benchmarks.fewshot --config benchmarks/fewshot_gpu.yaml --device cuda
 
+The configuration lists the datasets, the held-out targets, the evaluation protocol (`evaluation`
+and the test-time `adaptation` budget) and the methods. Meta-training is written in the
+`metaseg meta-train` schema (experiments/*.yaml): `experiment` is the fragment shared by every
+method (`trainer`, `model`, `data` sections), and each method is a fragment of its own (its
+`model.learner`, and any `model`/`trainer`/`data` or `adaptation` it overrides).
+
 For every held-out target dataset and every method:
 
-1. sources = every other dataset (never the target); a meta-validation split (by content hash)
-   of the larger sources is held out of meta-training for checkpoint selection; the leakage
-   check (`metaseg.data.tasks.check_leakage`) refuses any image shared between meta-train,
+1. sources = every other dataset (never the target); the experiment's `data.val_split` holds a
+   content-hash part of the larger sources out of meta-training for checkpoint selection; the
+   leakage check (`metaseg.data.tasks.check_leakage`) refuses any image shared between meta-train,
    meta-val and the target;
-2. meta-training = `MetaSegModule` + `MetaDataModule` + a Lightning `Trainer` (the same code as
-   `metaseg meta-train`), best checkpoint on meta-validation Dice only;
+2. meta-training = the experiment config built for (method, target) handed to
+   `metaseg.training.fit.meta_train`, the entry point of `metaseg meta-train` (the config is saved
+   beside the checkpoints, so `metaseg meta-train --config <it>` reruns the part); best checkpoint
+   on meta-validation Dice only;
 3. evaluation = `metaseg.evaluate.evaluate_method` on the target: for each K, the same fixed
    episodes (seeded `EpisodeSampler`, queries disjoint from supports) for every method, with the
-   same test-time adaptation budget.
+   method's test-time adaptation budget (the shared `adaptation` unless the method overrides it).
 
 "scratch" skips step 2 (random initialisation, fine-tuned on the K shots by the `transfer`
 learner's adaptation), and so does any learner with nothing to meta-train (`support_prior`, the
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -35,11 +44,9 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import yaml
 
@@ -48,10 +55,17 @@ from metaseg.errors import MetasegError
 
 CONFIG_KEYS = {
     "seed", "device", "cpu_threads", "jobs", "image_size", "data_root", "cache_dir", "work_dir", "results", "docs",
-    "datasets", "targets", "meta_val", "evaluation", "adaptation", "model", "meta_train", "methods", "notes",
+    "datasets", "targets", "evaluation", "adaptation", "experiment", "methods", "notes",
 }
-REQUIRED_KEYS = ("datasets", "targets", "evaluation", "adaptation", "model", "meta_train", "methods")
-SHARED_LEARNER_OPTIONS = ("inner_lr", "inner_optimizer")  # come from `adaptation`, identical for all
+REQUIRED_KEYS = ("datasets", "targets", "evaluation", "adaptation", "experiment", "methods")
+SECTIONS = ("trainer", "model", "data")  # what an experiment fragment may set (the meta-train schema's sections)
+METHOD_KEYS = (*SECTIONS, "adaptation", "note")
+ADAPTATION_KEYS = ("steps", "inner_lr", "inner_optimizer")
+SHARED_LEARNER_OPTIONS = ("inner_lr", "inner_optimizer")  # come from the method's adaptation budget
+# Set by the benchmark for every part (the fold, the paths, the device), never by a fragment.
+OWNED = {"trainer": ("accelerator", "devices", "default_root_dir", "logger"),
+         "model": ("val_adapt_steps",),
+         "data": ("train_tasks", "val_tasks", "test_tasks", "image_size", "seed", "data_root", "cache_dir")}
 ROW_KEYS = ("method", "target", "shots", "dice_mean", "dice_ci95", "iou_mean", "iou_ci95", "episodes")
 Echo = Callable[[str], Any]
 
@@ -69,6 +83,19 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     return check_config(cfg, str(path))
 
 
+def _check_fragment(fragment: Any, where: str) -> None:
+    """An experiment fragment: only the meta-train schema's sections, none of the benchmark's own keys."""
+    if not isinstance(fragment, dict):
+        raise MetasegError(f"{where}: expected a mapping")
+    for section in SECTIONS:
+        values = fragment.get(section) or {}
+        if not isinstance(values, dict):
+            raise MetasegError(f"{where}.{section}: expected a mapping of `metaseg meta-train` options")
+        owned = sorted(set(values) & set(OWNED[section]))
+        if owned:
+            raise MetasegError(f"{where}.{section} sets {owned}: the benchmark sets these for every (method, target)")
+
+
 def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise MetasegError(f"{where}: expected a mapping of benchmark options")
@@ -82,81 +109,163 @@ def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     for target in cfg["targets"]:
         if target not in names:
             raise MetasegError(f"{where}: target {target!r} is not one of the datasets {names}")
+    shared = cfg["experiment"]
+    _check_fragment(shared, f"{where}: experiment")
+    unknown = sorted(set(shared) - set(SECTIONS))
+    if unknown:
+        raise MetasegError(f"{where}: experiment: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    if "learner" in (shared.get("model") or {}):
+        raise MetasegError(f"{where}: experiment.model.learner: the learner is per method (methods.<name>.model.learner)")
+    if not (shared.get("trainer") or {}).get("max_steps"):
+        raise MetasegError(f"{where}: experiment.trainer.max_steps is needed (meta-training runs one epoch of that many steps)")
+    _check_adaptation(cfg["adaptation"], f"{where}: adaptation", required=True)
     if not cfg["methods"]:
         raise MetasegError(f"{where}: methods is empty")
     for method, mcfg in cfg["methods"].items():
-        learner = (mcfg or {}).get("learner") or {}
+        mcfg = mcfg or {}
+        _check_fragment(mcfg, f"{where}: methods.{method}")
+        unknown = sorted(set(mcfg) - set(METHOD_KEYS))
+        if unknown:
+            raise MetasegError(f"{where}: methods.{method}: unknown key(s) {unknown}; known: {list(METHOD_KEYS)}")
+        _check_adaptation(mcfg.get("adaptation") or {}, f"{where}: methods.{method}.adaptation")
+        learner = (mcfg.get("model") or {}).get("learner") or {}
         clash = [k for k in SHARED_LEARNER_OPTIONS if k in learner]
         if clash:
-            raise MetasegError(f"{where}: methods.{method}.learner sets {clash}; the adaptation budget is shared, set it in `adaptation`")
+            raise MetasegError(f"{where}: methods.{method}.model.learner sets {clash}; the test-time adaptation budget "
+                               f"is set in `adaptation` (shared) or methods.{method}.adaptation (this method's)")
         if method != "scratch" and "name" not in learner:
-            raise MetasegError(f"{where}: methods.{method} needs learner.name (only 'scratch' has no learner)")
+            raise MetasegError(f"{where}: methods.{method} needs model.learner.name (only 'scratch' has no learner)")
+        _check_learner(cfg, method, f"{where}: methods.{method}.model.learner")
     ev = cfg["evaluation"]
     if int(ev.get("episodes", 0)) < 1 or not ev.get("shots"):
         raise MetasegError(f"{where}: evaluation needs shots (a list) and episodes >= 1")
     return cfg
 
 
+def _check_adaptation(adaptation: Any, where: str, required: bool = False) -> None:
+    if not isinstance(adaptation, dict):
+        raise MetasegError(f"{where}: expected a mapping with {list(ADAPTATION_KEYS)}")
+    unknown = sorted(set(adaptation) - set(ADAPTATION_KEYS))
+    if unknown:
+        raise MetasegError(f"{where}: unknown option(s) {unknown}; known: {list(ADAPTATION_KEYS)}")
+    if required and "steps" not in adaptation:
+        raise MetasegError(f"{where}: steps is needed (the test-time adaptation budget)")
+
+
+def _check_learner(cfg: dict[str, Any], method: str, where: str) -> None:
+    """Build the method's learner (cheap: no network) so that a misspelt option fails when the
+    configuration is read, in one line, not hours later when its part runs."""
+    from metaseg.meta import create_learner
+
+    options = learner_config(cfg, method)
+    name = options.pop("name")
+    try:
+        create_learner(name, **options)
+    except TypeError as exc:
+        params = inspect.signature(learner_class(cfg, method)).parameters
+        accepted = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD]
+        raise MetasegError(f"{where}: {exc} (learner {name!r} takes {accepted})") from None
+
+
 def method_fingerprint(cfg: dict[str, Any], method: str, device: str) -> str:
-    """Hash of everything that changes one (method, target) result (paths and thread counts excluded)."""
-    keys = ["seed", "image_size", "datasets", "evaluation", "adaptation", "model"]
-    if meta_trained(cfg, method):  # scratch and support_prior never see the sources
-        keys += ["meta_val", "meta_train"]
-    relevant = {k: cfg.get(k) for k in keys}
-    relevant.update(method=method, method_config=cfg["methods"][method], device=device.split(":")[0])
+    """Hash of everything that changes one (method, target) result (paths and thread counts excluded):
+    the evaluation protocol, the method's adaptation budget and learner, and the experiment fragment
+    it is meta-trained with (only the network for methods that are not meta-trained)."""
+    fragment = method_fragment(cfg, method)
+    if not meta_trained(cfg, method):  # scratch and support_prior never see the sources
+        fragment = {"model": {"model": fragment["model"].get("model")}}
+    relevant = {k: cfg.get(k) for k in ("seed", "image_size", "datasets", "evaluation")}
+    relevant.update(method=method, adaptation=adaptation(cfg, method), learner=learner_config(cfg, method),
+                    experiment=fragment, device=device.split(":")[0])
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- splits
-@dataclass
-class Split:
-    """One leave-one-dataset-out fold: meta-train and meta-val come from the sources only."""
-
-    target: TaskArrays
-    train: list[TaskArrays]
-    val: list[TaskArrays]
+# ----------------------------------------------------------------------------- methods
+def method_fragment(cfg: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
+    """The shared experiment fragment with the method's sections laid over it key by key (a
+    method's `model.model` replaces the shared network as a whole)."""
+    own = cfg["methods"][method] or {}
+    return {s: {**(cfg["experiment"].get(s) or {}), **(own.get(s) or {})} for s in SECTIONS}
 
 
-def subset(task: TaskArrays, rows: Sequence[int], name: str) -> TaskArrays:
-    rows = np.asarray(rows, dtype=np.int64)
-    return TaskArrays(name=name, images=task.images[rows], masks=task.masks[rows],
-                      ids=[task.ids[i] for i in rows], hashes=[task.hashes[i] for i in rows],
-                      sources=[task.sources[i] for i in rows])
+def adaptation(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method's test-time adaptation budget: the shared one with the method's overrides."""
+    return {**cfg["adaptation"], **((cfg["methods"][method] or {}).get("adaptation") or {})}
 
 
-def split_by_content(task: TaskArrays, fraction: float, seed: int) -> tuple[TaskArrays, TaskArrays]:
-    """(train part, val part) of one source dataset, split by content hash so that duplicated
-    images land on one side only; the same (task, fraction, seed) always gives the same split."""
-    unique = sorted(set(task.hashes))
-    rng = np.random.default_rng([seed, int(hashlib.sha1(task.name.encode()).hexdigest()[:8], 16)])
-    held = set(rng.permutation(unique)[: max(1, int(round(fraction * len(unique))))].tolist())
-    val_rows = [i for i, h in enumerate(task.hashes) if h in held]
-    train_rows = [i for i, h in enumerate(task.hashes) if h not in held]
-    return subset(task, train_rows, task.name), subset(task, val_rows, f"{task.name}:val")
+def method_learner(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method's own learner options as configured (scratch: the transfer learner)."""
+    return dict(((cfg["methods"][method] or {}).get("model") or {}).get("learner") or {"name": "transfer"})
 
 
-def make_split(tasks: dict[str, TaskArrays], target: str, meta_val: dict[str, Any], seed: int) -> Split:
-    """Leave `target` out; split meta-val off the sources that have at least `min_images` images."""
-    from metaseg.data.tasks import check_leakage
+def learner_class(cfg: dict[str, Any], method: str) -> type:
+    """The registered class behind a method, read before anything is built so that the benchmark
+    knows what to meta-train and which shared options the learner takes."""
+    from metaseg.meta import learner_class as registered
+
+    return registered(method_learner(cfg, method)["name"], option=f"methods.{method}.model.learner.name")
+
+
+def meta_trained(cfg: dict[str, Any], method: str) -> bool:
+    """scratch and learners with nothing to meta-train (support_prior) only adapt."""
+    return method != "scratch" and learner_class(cfg, method).needs_meta_training
+
+
+def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method's learner options plus its inner optimiser/lr from its adaptation budget
+    (scratch: transfer's), the latter only for learners that take them (support_prior has no inner loop)."""
+    learner = method_learner(cfg, method)
+    accepted = inspect.signature(learner_class(cfg, method)).parameters
+    budget = adaptation(cfg, method)
+    for key in SHARED_LEARNER_OPTIONS:
+        if key in budget and key in accepted:
+            learner[key] = budget[key]
+    return learner
+
+
+def experiment_config(cfg: dict[str, Any], method: str, target: str, run_dir: Path, device: str) -> dict[str, Any]:
+    """The `metaseg meta-train` config of one (method, target): the method's fragment, the fold's
+    sources as meta-training tasks, one epoch of `max_steps` meta-batches, checkpoints in `run_dir`."""
+    from metaseg.data.datamodule import MetaDataModule
+
+    fragment = method_fragment(cfg, method)
+    data = fragment["data"]
+    batch = int(data.get("meta_batch_size", inspect.signature(MetaDataModule).parameters["meta_batch_size"].default))
+    last = run_dir / "last.ckpt"
+    return {
+        "seed_everything": int(cfg["seed"]),
+        "experiment": f"{target}/{method}",
+        "trainer": {"check_val_every_n_epoch": None, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+                    "enable_model_summary": False, **fragment["trainer"],
+                    "accelerator": "gpu" if device.startswith("cuda") else "cpu", "devices": 1,
+                    "default_root_dir": str(run_dir)},
+        "model": {**fragment["model"], "learner": learner_config(cfg, method),
+                  "val_adapt_steps": int(adaptation(cfg, method)["steps"])},
+        "data": {"train_episodes_per_epoch": int(fragment["trainer"]["max_steps"]) * batch, **data,
+                 "train_tasks": [d for d in cfg["datasets"] if (d.get("name") or d.get("root")) != target],
+                 "image_size": int(cfg["image_size"]), "seed": int(cfg["seed"]),
+                 "data_root": cfg.get("data_root"), "cache_dir": cfg.get("cache_dir")},
+        "checkpoint": {"dirpath": str(run_dir), "filename": "best", "save_top_k": 1},
+        "ckpt_path": str(last) if last.exists() else None,  # resume a part killed mid-training
+        "run_test": False,
+    }
+
+
+def fold(cfg: dict[str, Any], method: str, tasks: dict[str, TaskArrays], target: str) -> tuple[list[TaskArrays], list[TaskArrays]]:
+    """(meta-train, meta-val) tasks of one fold, as the method's experiment splits them (the same
+    `split_meta_val` the datamodule runs), checked for leakage against the target."""
+    from metaseg.data.tasks import check_leakage, split_meta_val
 
     if target not in tasks:
         raise MetasegError(f"target {target!r} is not one of the datasets {sorted(tasks)}")
-    fraction, min_images = float(meta_val.get("fraction", 0.2)), int(meta_val.get("min_images", 100))
-    train, val = [], []
-    for name, task in tasks.items():
-        if name == target:
-            continue
-        if len(task) >= min_images:
-            tr, va = split_by_content(task, fraction, seed)
-            train.append(tr)
-            val.append(va)
-        else:
-            train.append(task)
-    if not val:
-        raise MetasegError(f"meta_val: no source dataset of target {target!r} has >= {min_images} images (meta_val.min_images)")
-    check_leakage(train, [tasks[target]])
-    check_leakage(val, [tasks[target]])  # meta-train vs meta-val: MetaDataModule.use_tasks
-    return Split(target=tasks[target], train=train, val=val)
+    data = method_fragment(cfg, method)["data"]
+    if not data.get("val_split"):
+        raise MetasegError("experiment.data.val_split: the benchmark selects checkpoints on a content-hash "
+                           "meta-val split of the sources; set it (e.g. 0.2)")
+    sources = [task for name, task in tasks.items() if name != target]
+    train, val = split_meta_val(sources, float(data["val_split"]), int(data.get("val_split_min_images", 0)), int(cfg["seed"]))
+    check_leakage(train + val, [tasks[target]])
+    return train, val
 
 
 def load_tasks(cfg: dict[str, Any], echo: Echo = print) -> dict[str, TaskArrays]:
@@ -173,47 +282,6 @@ def load_tasks(cfg: dict[str, Any], echo: Echo = print) -> dict[str, TaskArrays]
     return tasks
 
 
-# ----------------------------------------------------------------------------- methods
-def method_learner(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """The method's own learner options as configured (scratch: the transfer learner)."""
-    return dict((cfg["methods"][method] or {}).get("learner") or {"name": "transfer"})
-
-
-def learner_class(cfg: dict[str, Any], method: str) -> type:
-    """The registered class behind a method, read before anything is built so that the benchmark
-    knows what to meta-train and which shared options the learner takes."""
-    from metaseg.meta import learner_class as registered
-
-    return registered(method_learner(cfg, method)["name"], option=f"methods.{method}.learner.name")
-
-
-def meta_trained(cfg: dict[str, Any], method: str) -> bool:
-    """scratch and learners with nothing to meta-train (support_prior) only adapt."""
-    return method != "scratch" and learner_class(cfg, method).needs_meta_training
-
-
-def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """The method's learner options plus the shared inner optimiser/lr (scratch: transfer's), the
-    latter only for learners that take them (support_prior has no inner loop)."""
-    import inspect
-
-    learner = method_learner(cfg, method)
-    accepted = inspect.signature(learner_class(cfg, method)).parameters
-    for key in SHARED_LEARNER_OPTIONS:
-        if key in cfg["adaptation"] and key in accepted:
-            learner[key] = cfg["adaptation"][key]
-    return learner
-
-
-def model_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    return dict((cfg["methods"][method] or {}).get("model") or cfg["model"])
-
-
-def meta_train_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """The shared meta-training options, with the method's own `meta_train` overrides (stated in the table)."""
-    return {**cfg["meta_train"], **((cfg["methods"][method] or {}).get("meta_train") or {})}
-
-
 def build_untrained(cfg: dict[str, Any], method: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Random initialisation (seeded) + the method's adaptation, nothing meta-trained (scratch:
     the transfer learner's fine-tuning)."""
@@ -221,56 +289,25 @@ def build_untrained(cfg: dict[str, Any], method: str, device: str) -> tuple[torc
     from metaseg.models import create_model
 
     torch.manual_seed(int(cfg["seed"]))
-    model = create_model(**model_config(cfg, method)).to(device).eval()
-    return model, create_learner(**learner_config(cfg, method)).to(device)
+    model = create_model(**method_fragment(cfg, method)["model"].get("model", {"kind": "unet"})).to(device).eval()
+    learner = learner_config(cfg, method)
+    return model, create_learner(learner.pop("name"), **learner).to(device)
 
 
-def meta_train(cfg: dict[str, Any], method: str, split: Split, run_dir: Path, device: str,
+def meta_train(cfg: dict[str, Any], method: str, target: str, run_dir: Path, device: str,
                echo: Echo = print) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
-    """Meta-train one method on one fold with Lightning; returns the best (meta-val) model + learner.
-
-    Resumes from `run_dir/last.ckpt` when a previous run was killed mid-training.
-    """
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
-
+    """Meta-train one method on one fold through the `metaseg meta-train` entry point; returns the
+    best (meta-val) model + learner. Resumes from `run_dir/last.ckpt` when a previous run was killed."""
     from metaseg.checkpoints import load_module
-    from metaseg.data.datamodule import MetaDataModule
-    from metaseg.training.module import MetaSegModule
+    from metaseg.training.fit import meta_train as fit
 
-    mt, seed = meta_train_config(cfg, method), int(cfg["seed"])
     done = run_dir / "trained.json"
     if not done.exists():
         start = time.perf_counter()
-        pl.seed_everything(seed, workers=True, verbose=False)
-        module = MetaSegModule(model=model_config(cfg, method), learner=learner_config(cfg, method),
-                               outer_lr=float(mt.get("outer_lr", 1e-3)), lr_schedule=mt.get("lr_schedule", "cosine"),
-                               grad_clip=mt.get("grad_clip"), val_adapt_steps=int(cfg["adaptation"]["steps"]))
-        datamodule = MetaDataModule(
-            shots=int(mt.get("shots", 5)), queries=int(mt.get("queries", 5)),
-            meta_batch_size=int(mt.get("meta_batch_size", 2)), image_size=int(cfg["image_size"]),
-            val_episodes=int(mt.get("val_episodes", 8)), augment=bool(mt.get("augment", True)),
-            train_episodes_per_epoch=int(mt["max_steps"]) * int(mt.get("meta_batch_size", 2)), seed=seed,
-        )
-        # The meta-val split is made of source images that no task spec can name, so the arrays are
-        # handed over; use_tasks checks meta-train against meta-val, make_split checked the target.
-        datamodule.use_tasks(split.train, split.val)
-        checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_dice", mode="max",
-                                     save_top_k=1, save_last=True)
-        trainer = pl.Trainer(
-            accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
-            max_steps=int(mt["max_steps"]), val_check_interval=int(mt.get("val_every", 50)),
-            check_val_every_n_epoch=None, num_sanity_val_steps=0, callbacks=[checkpoint],
-            logger=CSVLogger(run_dir, name="logs", version=0), enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=run_dir,
-        )
-        last = run_dir / "last.ckpt"
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
-        best = checkpoint.best_model_path or checkpoint.last_model_path
-        score = checkpoint.best_model_score
-        info = {"checkpoint": str(best), "val_dice": None if score is None else float(score),
-                "train_seconds": time.perf_counter() - start, "steps": int(trainer.global_step)}
+        result = fit(experiment_config(cfg, method, target, run_dir, device))
+        info = {"checkpoint": result["best"] or result["last"], "val_dice": result["val_dice"],
+                "train_seconds": time.perf_counter() - start, "steps": result["steps"],
+                "config": str(Path(result["log_dir"]) / "config.yaml")}
         done.write_text(json.dumps(info, indent=1))
         echo(f"  meta-trained {method} ({info['steps']} steps, {info['train_seconds']:.0f}s); "
              f"best meta-val Dice {info['val_dice']}")
@@ -289,7 +326,7 @@ def evaluate(cfg: dict[str, Any], method: str, model: torch.nn.Module, learner: 
 
     ev = cfg["evaluation"]
     results = evaluate_method(model, learner, [target], [int(k) for k in ev["shots"]], int(ev["episodes"]),
-                              seed=int(cfg["seed"]), steps=int(cfg["adaptation"]["steps"]),
+                              seed=int(cfg["seed"]), steps=int(adaptation(cfg, method)["steps"]),
                               queries=int(ev.get("queries", 15)), method=method, device=device)
     rows = []
     for s in summarise(results):
@@ -318,21 +355,21 @@ def run_part(cfg: dict[str, Any], method: str, target: str, tasks: dict[str, Tas
         echo(f"[{method} / {target}] done earlier ({partial})")
         return dict(part, resumed=True)
     echo(f"[{method} / {target}]")
-    split = make_split(tasks, target, cfg.get("meta_val") or {}, int(cfg["seed"]))
+    train, val = fold(cfg, method, tasks, target)
     run_dir = work_dir / target / method
     run_dir.mkdir(parents=True, exist_ok=True)
     train_info: dict[str, Any] = {"train_seconds": 0.0}
     if not meta_trained(cfg, method):
         model, learner = build_untrained(cfg, method, device)
     else:
-        model, learner, train_info = meta_train(cfg, method, split, run_dir, device, echo)
+        model, learner, train_info = meta_train(cfg, method, target, run_dir, device, echo)
     start = time.perf_counter()
-    rows = evaluate(cfg, method, model, learner, split.target, device, echo)
+    rows = evaluate(cfg, method, model, learner, tasks[target], device, echo)
     eval_seconds = time.perf_counter() - start
     note = (cfg["methods"][method] or {}).get("note")
     part = {
         "method": method, "target": target, "fingerprint": fingerprint, "device": device,
-        "meta_train_tasks": [t.name for t in split.train], "meta_val_tasks": [t.name for t in split.val],
+        "meta_train_tasks": [t.name for t in train], "meta_val_tasks": [t.name for t in val],
         "meta_val_dice": train_info.get("val_dice"), "meta_train_steps": train_info.get("steps", 0),
         "train_seconds": round(float(train_info["train_seconds"]), 1), "eval_seconds": round(eval_seconds, 1),
         "rows": [dict(r, note=note) if note else r for r in rows],

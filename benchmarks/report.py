@@ -57,17 +57,18 @@ def pm(mean: float, ci: float, scale: float = 100.0) -> str:
 # ----------------------------------------------------------------------------- pieces of text
 def protocol_lines(doc: dict[str, Any]) -> list[str]:
     cfg, env = doc["config"], doc["environment"]
-    ev, ad, mt = cfg["evaluation"], cfg["adaptation"], cfg["meta_train"]
-    model = cfg["model"]
-    mv = cfg.get("meta_val") or {}
+    ev, ad, exp = cfg["evaluation"], cfg["adaptation"], cfg["experiment"]
+    trainer, module, data = (exp.get(s) or {} for s in ("trainer", "model", "data"))
+    model = module.get("model") or {}
     shots = ", ".join(str(k) for k in ev["shots"])
     return [
         f"Leave-one-dataset-out over {len(cfg['datasets'])} real datasets "
         f"({', '.join(d.get('name') or d['root'] for d in cfg['datasets'])}): for each held-out target, "
         "meta-training uses the other datasets only; the leakage check (content hashes) found no image shared "
         "between meta-train, meta-val and the target.",
-        f"Meta-validation (checkpoint selection): a {int(100 * float(mv.get('fraction', 0.2)))}% content-hash "
-        f"split of every source dataset with >= {mv.get('min_images', 100)} images, never the target.",
+        f"Meta-validation (checkpoint selection): a {int(100 * float(data.get('val_split', 0)))}% content-hash "
+        f"split of every source dataset with >= {data.get('val_split_min_images', 0)} images, never the target "
+        "(`data.val_split` of the experiment).",
         f"Evaluation: K in {{{shots}}}, {ev['episodes']} fixed episodes per K (seed {cfg['seed']}, the same episodes "
         f"for every method), up to {ev.get('queries', 15)} query images per episode, queries disjoint from supports; "
         "Dice/IoU per query image at probability 0.5; ± is the 95% t-interval over the per-image scores pooled across episodes.",
@@ -75,11 +76,12 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
         f"(encoder {model.get('encoder_name')}, depth {model.get('encoder_depth')}, decoder {model.get('decoder_channels')}, "
         f"GroupNorm), {cfg['image_size']} px inputs, test-time adaptation = {ad['steps']} "
         f"{ad.get('inner_optimizer', 'sgd').upper()} steps at lr {ad.get('inner_lr')} on the K support images "
-        "(no test-time augmentation).",
-        f"Meta-training (all but scratch and prior): {mt['max_steps']} outer steps, meta-batch {mt.get('meta_batch_size')}, "
-        f"{mt.get('shots')}-shot/{mt.get('queries')}-query source episodes, support augmentation "
-        f"{'on' if mt.get('augment', True) else 'off'}, Adam outer lr {mt.get('outer_lr')} (cosine), "
-        f"meta-val every {mt.get('val_every')} steps on {mt.get('val_episodes')} episodes; inner loop during "
+        "(no test-time augmentation) unless the method's line below says otherwise.",
+        f"Meta-training (all but scratch and prior; `metaseg meta-train` with the experiment fragment of the "
+        f"configuration): {trainer['max_steps']} outer steps, meta-batch {data.get('meta_batch_size')}, "
+        f"{data.get('shots')}-shot/{data.get('queries')}-query source episodes, support augmentation "
+        f"{'on' if data.get('augment', True) else 'off'}, Adam outer lr {module.get('outer_lr')} (cosine), "
+        f"meta-val every {trainer.get('val_check_interval')} steps on {data.get('val_episodes')} episodes; inner loop during "
         "meta-training as each method's options say (table below).",
         "scratch = random initialisation fine-tuned on the K shots; transfer = joint supervised training on the "
         "source episodes' images, then fine-tuned on the K shots; prior (`support_prior`) = no network: every query "
@@ -92,15 +94,21 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def method_lines(doc: dict[str, Any]) -> list[str]:
+    """Each method's fragment as configured: learner, and whatever it overrides (network, meta-training, adaptation)."""
     out = []
     measured = {r["method"] for r in doc["rows"]}
     for method, mcfg in doc["config"]["methods"].items():
         if method not in measured:
             continue
         mcfg = mcfg or {}
-        learner = mcfg.get("learner") or {"name": "transfer (adaptation only)"}
-        extra = f"; model {mcfg['model']}" if mcfg.get("model") else ""
-        extra += f"; meta-training overrides {mcfg['meta_train']}" if mcfg.get("meta_train") else ""
+        module = dict(mcfg.get("model") or {})
+        learner = module.pop("learner", None) or {"name": "transfer (adaptation only)"}
+        network = module.pop("model", None)
+        extra = f"; model {network}" if network else ""
+        overrides = {**{f"model.{k}": v for k, v in module.items()},
+                     **{f"{s}.{k}": v for s in ("trainer", "data") for k, v in (mcfg.get(s) or {}).items()}}
+        extra += f"; meta-training overrides {overrides}" if overrides else ""
+        extra += f"; test-time adaptation {mcfg['adaptation']}" if mcfg.get("adaptation") else ""
         note = f" — {mcfg['note']}" if mcfg.get("note") else ""
         out.append(f"`{method}`: learner {learner}{extra}{note}")
     return out

@@ -7,12 +7,17 @@ from __future__ import annotations
 import copy
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+import yaml
 
-from benchmarks.fewshot import ROW_KEYS, check_config, load_tasks, make_split, run_benchmark, subset, write_results
+from benchmarks.fewshot import ROW_KEYS, check_config, fold, load_tasks, run_benchmark, write_results
 from benchmarks.report import write_report
 from metaseg.data.episodes import EpisodeSampler
+from metaseg.data.tasks import subset
 from metaseg.errors import MetasegError
 
 TINY = {
@@ -25,13 +30,16 @@ TINY = {
         {"name": "rings", "root": "synthetic:rings", "n": 8},
     ],
     "targets": ["ellipse"],
-    "meta_val": {"fraction": 0.25, "min_images": 12},
     "evaluation": {"shots": [1, 2], "episodes": 2, "queries": 3},
     "adaptation": {"steps": 2, "inner_lr": 0.1, "inner_optimizer": "sgd"},
-    "model": {"kind": "unet", "encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
-    "meta_train": {"max_steps": 2, "meta_batch_size": 1, "shots": 2, "queries": 2, "val_every": 2, "val_episodes": 2},
-    "methods": {"scratch": {}, "fomaml": {"learner": {"name": "fomaml", "inner_steps": 1}},
-                "prior": {"learner": {"name": "support_prior"}}},
+    "experiment": {  # the `metaseg meta-train` schema, shared by every method
+        "trainer": {"max_steps": 2, "val_check_interval": 2},
+        "model": {"model": {"kind": "unet", "encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}},
+        "data": {"meta_batch_size": 1, "shots": 2, "queries": 2, "val_episodes": 2,
+                 "val_split": 0.25, "val_split_min_images": 12},
+    },
+    "methods": {"scratch": {}, "fomaml": {"model": {"learner": {"name": "fomaml", "inner_steps": 1}}},
+                "prior": {"model": {"learner": {"name": "support_prior"}}}},
 }
 
 
@@ -42,13 +50,13 @@ def tasks():
 
 
 def test_fold_never_contains_the_target_and_val_is_disjoint(tasks):
-    split = make_split(tasks, "ellipse", TINY["meta_val"], seed=0)
+    train_tasks, val_tasks = fold(TINY, "fomaml", tasks, "ellipse")
     target = set(tasks["ellipse"].hashes)
-    train = {h for t in split.train for h in t.hashes}
-    val = {h for t in split.val for h in t.hashes}
-    assert "ellipse" not in [t.name for t in split.train + split.val]
+    train = {h for t in train_tasks for h in t.hashes}
+    val = {h for t in val_tasks for h in t.hashes}
+    assert "ellipse" not in [t.name for t in train_tasks + val_tasks]
     assert not target & train and not target & val and not train & val
-    assert [t.name for t in split.val] == ["blob:val"]  # rings (8 images) is below min_images
+    assert [t.name for t in val_tasks] == ["blob:val"]  # rings (8 images) is below val_split_min_images
     assert len(train) + len(val) == 16 + 8  # every source image is used exactly once
 
 
@@ -60,7 +68,7 @@ def test_fold_refuses_a_source_image_that_is_also_in_the_target(tasks):
                                masks=np.concatenate([blob.masks, copied.masks]), ids=blob.ids + ["dup"],
                                hashes=blob.hashes + copied.hashes, sources=blob.sources + copied.sources)
     with pytest.raises(MetasegError, match="leakage"):
-        make_split(leaky, "ellipse", TINY["meta_val"], seed=0)
+        fold(TINY, "fomaml", leaky, "ellipse")
 
 
 def test_config_errors_name_the_option():
@@ -69,9 +77,77 @@ def test_config_errors_name_the_option():
     with pytest.raises(MetasegError, match="not one of the datasets"):
         check_config({**TINY, "targets": ["nope"]})
     bad = copy.deepcopy(TINY)
-    bad["methods"]["fomaml"]["learner"]["inner_lr"] = 1.0
-    with pytest.raises(MetasegError, match="adaptation budget is shared"):
+    bad["methods"]["fomaml"]["model"]["learner"]["inner_lr"] = 1.0
+    with pytest.raises(MetasegError, match="adaptation budget is set in"):
         check_config(bad)
+
+
+def test_learner_option_typo_is_one_line_when_the_config_is_read(tmp_path, capsys):
+    """A misspelt learner option fails before any part runs, in one line naming it."""
+    from benchmarks.fewshot import main
+
+    bad = copy.deepcopy(TINY)
+    bad["methods"]["fomaml"]["model"]["learner"]["inner_stpes"] = 3
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "methods.fomaml.model.learner" in err[0] and "inner_stpes" in err[0], err
+    assert "inner_steps" in err[0]  # the accepted options are listed
+    with pytest.raises(MetasegError, match="sets \\['train_tasks'\\]"):  # the fold is the benchmark's
+        check_config({**TINY, "experiment": {**TINY["experiment"], "data": {"train_tasks": []}}})
+
+
+def test_benchmark_part_and_meta_train_give_the_same_checkpoint(tmp_path):
+    """One benchmark part (fomaml, 'ellipse' held out) and `metaseg meta-train` with a hand-written
+    experiment of the same settings train the same weights: the benchmark has no training path of
+    its own, and its meta-val protocol (`data.val_split`) is an experiment option."""
+    from metaseg.cli import main as cli_main
+
+    cfg = copy.deepcopy(TINY)
+    cfg["work_dir"] = str(tmp_path / "work")
+    cfg["methods"]["fomaml"]["trainer"] = {"max_steps": 3, "val_check_interval": 1}  # selection among 3 checkpoints
+    run_benchmark(cfg, methods=["fomaml"], echo=lambda _: None)
+    experiment = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_steps": 3, "val_check_interval": 1, "check_val_every_n_epoch": None,
+                    "num_sanity_val_steps": 0, "enable_progress_bar": False},
+        "model": {"model": TINY["experiment"]["model"]["model"], "val_adapt_steps": 2,
+                  "learner": {"name": "fomaml", "inner_steps": 1, "inner_lr": 0.1, "inner_optimizer": "sgd"}},
+        "data": {"train_tasks": TINY["datasets"][1:], "val_split": 0.25, "val_split_min_images": 12,
+                 "image_size": 16, "shots": 2, "queries": 2, "meta_batch_size": 1, "val_episodes": 2,
+                 "train_episodes_per_epoch": 3, "seed": 0},
+    }
+    path = tmp_path / "fomaml.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    assert cli_main(["meta-train", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "cli")]) == 0
+
+    for name in ("best.ckpt", "last.ckpt"):
+        bench = torch.load(tmp_path / "work" / "ellipse" / "fomaml" / name, weights_only=True)
+        cli = torch.load(next((tmp_path / "cli").rglob(name)), weights_only=True)
+        assert bench["global_step"] == cli["global_step"]
+        assert bench["state_dict"].keys() == cli["state_dict"].keys()
+        assert all(torch.equal(bench["state_dict"][k], cli["state_dict"][k]) for k in bench["state_dict"])
+    assert bench["datamodule_hyper_parameters"]["val_split"] == 0.25
+    assert "Trainer(" not in Path("benchmarks/fewshot.py").read_text()  # no training loop of its own
+    saved = yaml.safe_load(next((tmp_path / "work" / "ellipse" / "fomaml").rglob("config.yaml")).read_text())
+    assert saved["data"]["train_tasks"] == TINY["datasets"][1:]  # the part reruns with `metaseg meta-train --config`
+
+
+def test_method_adaptation_override_reaches_learner_evaluation_and_fingerprint():
+    from benchmarks.fewshot import adaptation, experiment_config, learner_config, method_fingerprint
+
+    cfg = copy.deepcopy(TINY)
+    before = method_fingerprint(cfg, "fomaml", "cpu")
+    cfg["methods"]["fomaml"]["adaptation"] = {"steps": 5, "inner_lr": 1e-4, "inner_optimizer": "adam"}
+    check_config(cfg)
+    assert adaptation(cfg, "fomaml")["steps"] == 5 and adaptation(cfg, "scratch")["steps"] == 2
+    assert learner_config(cfg, "fomaml") == {"name": "fomaml", "inner_steps": 1, "inner_lr": 1e-4, "inner_optimizer": "adam"}
+    assert experiment_config(cfg, "fomaml", "ellipse", Path("run"), "cpu")["model"]["val_adapt_steps"] == 5
+    assert method_fingerprint(cfg, "fomaml", "cpu") != before
+    assert method_fingerprint(cfg, "scratch", "cpu") == method_fingerprint(TINY, "scratch", "cpu")
+    with pytest.raises(MetasegError, match="methods.fomaml.adaptation: unknown option"):
+        check_config({**cfg, "methods": {"fomaml": {**cfg["methods"]["fomaml"], "adaptation": {"stpes": 1}}}})
 
 
 def test_protocol_rows_resume_and_report(tmp_path, tasks):
@@ -143,3 +219,26 @@ def test_shipped_benchmark_configs_are_valid(path):
     cfg = load_config(path)
     for method in cfg["methods"]:
         assert learner_class(cfg, method) is not None
+
+
+def test_committed_results_resume_under_their_configs():
+    """Each committed results file states the configuration its YAML loads to (notes aside: they are
+    written after the run), and every part's fingerprint is what that YAML gives now, so rerunning
+    the YAML resumes the committed parts instead of refusing them."""
+    from benchmarks.fewshot import load_config, method_fingerprint
+
+    configs = {}
+    for path in Path("benchmarks").glob("**/*.yaml"):
+        cfg = load_config(path)
+        configs[cfg.get("results")] = cfg
+    checked = 0
+    for path in sorted(Path("benchmarks/results").glob("**/*.json")):
+        doc = json.loads(path.read_text())
+        if "config" not in doc or "runs" not in doc:
+            continue
+        cfg = configs[str(path)]
+        assert {k: v for k, v in doc["config"].items() if k != "notes"} == {k: v for k, v in cfg.items() if k != "notes"}, path
+        for run in doc["runs"]:
+            assert run["fingerprint"] == method_fingerprint(cfg, run["method"], run["device"]), (path, run["method"])
+            checked += 1
+    assert checked >= 21  # benchmarks/results/fewshot.json alone has 7 methods x 3 targets
