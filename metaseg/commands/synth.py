@@ -36,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default 100)")
     t.add_argument("--log-every", type=int, default=20, help="progress line every N steps (default 20)")
     t.add_argument("--cache-dir", help="where decoded datasets are cached")
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available); not part of the run's settings")
     t.set_defaults(func=run_train)
 
     s = sub.add_parser("sample", help="write N sampled pairs as an images/ + masks/ dataset",
@@ -49,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--sampler", default="ddim", help="diffusion only: ddim (default) or ddpm")
     s.add_argument("--sample-steps", type=int, default=50, help="diffusion only: DDIM denoising steps (default 50)")
     s.add_argument("--overwrite", action="store_true", help="replace this command's outputs in --out")
+    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=run_sample)
 
     a = sub.add_parser("audit", help="memorisation audit of synthetic images against the training images",
@@ -76,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from metaseg.generative.trainer import RunConfig, train
+    from metaseg.generative.trainer import RunConfig, pick_device, train
     from metaseg.models.generators import check_size
 
     if args.model not in GENERATORS:
@@ -84,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, dataset=str(Path(args.dataset).expanduser().resolve()), layout=args.layout,
                        size=check_size(args.size), width=args.width, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        n_train=args.n_train, heldout_fraction=args.heldout_fraction)
-    path = train(config, args.out, args.steps, args.save_every, args.log_every, args.cache_dir)
+    path = train(config, args.out, args.steps, args.save_every, args.log_every, args.cache_dir, device=pick_device(args.device))
     print(path)
     return 0
 
@@ -92,11 +94,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     from metaseg.generative.diffusion import SAMPLERS
     from metaseg.generative.sample import sample_to_folder
+    from metaseg.generative.trainer import pick_device
 
     if args.sampler not in SAMPLERS:
         raise MetasegError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
     out = sample_to_folder(args.checkpoint, args.n, args.out, seed=args.seed, batch_size=args.batch_size,
-                           overwrite=args.overwrite, sampler=args.sampler, steps=args.sample_steps)
+                           overwrite=args.overwrite, device=pick_device(args.device), sampler=args.sampler, steps=args.sample_steps)
     print(out)
     return 0
 

@@ -20,14 +20,19 @@ GENERATORS = {"gan": "metaseg.generative.gan:GAN", "diffusion": "metaseg.generat
 class JointGenerator(ABC):
     """channels = image channels + 1 (the mask); size = side length (a power of two)."""
 
-    def __init__(self, channels: int, size: int, width: int = 32, lr: float | None = None):
+    def __init__(self, channels: int, size: int, width: int = 32, lr: float | None = None, device: str = "cpu"):
         self.channels, self.size, self.width = int(channels), int(size), int(width)
         self.lr = float(lr if lr is not None else self.default_lr)
+        self.device = torch.device(device)
+
+    def noise(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+        """Gaussian noise drawn on the CPU generator, then moved: the same numbers on every device."""
+        return torch.randn(shape, generator=gen).to(self.device)
 
     default_lr = 2e-4
 
     def spec(self) -> dict[str, Any]:
-        """Constructor arguments, stored in the checkpoint to rebuild the model."""
+        """Constructor arguments (not the device), stored in the checkpoint to rebuild the model."""
         return {"channels": self.channels, "size": self.size, "width": self.width, "lr": self.lr}
 
     @abstractmethod

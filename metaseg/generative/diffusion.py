@@ -19,12 +19,13 @@ SAMPLERS = ("ddim", "ddpm")
 class Diffusion(JointGenerator):
     default_lr = 5e-4
 
-    def __init__(self, channels: int, size: int, width: int = 32, lr: float | None = None, train_timesteps: int = 1000):
+    def __init__(self, channels: int, size: int, width: int = 32, lr: float | None = None, train_timesteps: int = 1000,
+                 device: str = "cpu"):
         from diffusers import DDPMScheduler
 
-        super().__init__(channels, size, width, lr)
+        super().__init__(channels, size, width, lr, device)
         self.train_timesteps = int(train_timesteps)
-        self.unet = create_diffusion_unet(self.channels, self.size, self.width)
+        self.unet = create_diffusion_unet(self.channels, self.size, self.width).to(self.device)
         self.scheduler = DDPMScheduler(num_train_timesteps=self.train_timesteps, beta_schedule="linear")
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.lr, weight_decay=0.0)
 
@@ -33,8 +34,8 @@ class Diffusion(JointGenerator):
 
     def train_step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         self.unet.train()
-        noise = torch.randn(x.shape, generator=gen)
-        t = torch.randint(0, self.train_timesteps, (x.shape[0],), generator=gen)
+        noise = self.noise(tuple(x.shape), gen)
+        t = torch.randint(0, self.train_timesteps, (x.shape[0],), generator=gen).to(self.device)
         pred = self.unet(self.scheduler.add_noise(x, noise, t), t).sample
         loss = F.mse_loss(pred, noise)
         self.opt.zero_grad(set_to_none=True)
@@ -55,7 +56,7 @@ class Diffusion(JointGenerator):
         scheduler = cls.from_config(self.scheduler.config)
         scheduler.set_timesteps(steps if sampler == "ddim" else self.train_timesteps)
         self.unet.eval()
-        x = torch.randn((n, self.channels, self.size, self.size), generator=gen)
+        x = self.noise((n, self.channels, self.size, self.size), gen)
         for t in scheduler.timesteps:
             eps = self.unet(x, t).sample
             x = scheduler.step(eps, t, x, generator=gen).prev_sample

@@ -17,11 +17,12 @@ from metaseg.models.generators import DCGANDiscriminator, DCGANGenerator
 class GAN(JointGenerator):
     default_lr = 2e-4
 
-    def __init__(self, channels: int, size: int, width: int = 32, lr: float | None = None, z_dim: int = 64):
-        super().__init__(channels, size, width, lr)
+    def __init__(self, channels: int, size: int, width: int = 32, lr: float | None = None, z_dim: int = 64,
+                 device: str = "cpu"):
+        super().__init__(channels, size, width, lr, device)
         self.z_dim = int(z_dim)
-        self.g = DCGANGenerator(self.z_dim, self.channels, self.size, self.width)
-        self.d = DCGANDiscriminator(self.channels, self.size, self.width)
+        self.g = DCGANGenerator(self.z_dim, self.channels, self.size, self.width).to(self.device)
+        self.d = DCGANDiscriminator(self.channels, self.size, self.width).to(self.device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=self.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=self.lr, betas=(0.5, 0.999))
 
@@ -30,7 +31,7 @@ class GAN(JointGenerator):
 
     def train_step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         self.g.train(), self.d.train()
-        z = torch.randn(x.shape[0], self.z_dim, generator=gen)
+        z = self.noise((x.shape[0], self.z_dim), gen)
         fake = self.g(z)
         # discriminator: real -> 1, fake -> 0 (softplus form of the logistic loss)
         loss_d = F.softplus(-self.d(x)).mean() + F.softplus(self.d(fake.detach())).mean()
@@ -47,7 +48,7 @@ class GAN(JointGenerator):
     @torch.no_grad()
     def sample(self, n: int, gen: torch.Generator, **options: Any) -> torch.Tensor:
         self.g.eval()
-        return self.g(torch.randn(n, self.z_dim, generator=gen))
+        return self.g(self.noise((n, self.z_dim), gen))
 
     def state_dict(self) -> dict[str, Any]:
         return {"g": self.g.state_dict(), "d": self.d.state_dict(),

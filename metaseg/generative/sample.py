@@ -47,7 +47,8 @@ def write_pairs(images: np.ndarray, masks: np.ndarray, out: Path, start: int = 0
 
 
 def sample_to_folder(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0, batch_size: int = 64,
-                     overwrite: bool = False, echo: Callable[[str], Any] | None = None, **options: Any) -> Path:
+                     overwrite: bool = False, echo: Callable[[str], Any] | None = None, device: str = "cpu",
+                     **options: Any) -> Path:
     """Write n sampled (image, mask) pairs; the same checkpoint, seed and batch size give the same files.
     `options` go to the generator's sampler (diffusion: sampler, steps)."""
     from metaseg.generative.figures import sample_grid
@@ -59,7 +60,7 @@ def sample_to_folder(checkpoint: str | Path, n: int, out: str | Path, seed: int 
         raise MetasegError(f"--batch-size must be >= 1, got {batch_size}")
     ckpt = read_synth_checkpoint(checkpoint)
     out = Path(out).expanduser()
-    model = load_generator(ckpt)
+    model = load_generator(ckpt, device)
     prepare_out(out, overwrite)
     first: list[tuple[np.ndarray, np.ndarray]] = []
     for b, start in enumerate(range(0, n, batch_size)):

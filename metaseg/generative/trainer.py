@@ -81,8 +81,19 @@ def read_synth_checkpoint(path: str | Path, what: str = "--checkpoint") -> dict[
     return ckpt
 
 
-def load_generator(ckpt: dict[str, Any]) -> JointGenerator:
-    model = create_generator(ckpt["config"]["model"], **ckpt["spec"])
+def pick_device(device: str | None) -> str:
+    """--device: cuda when available unless told; an unavailable CUDA is a one-line error."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MetasegError(f"--device {device}: CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise MetasegError(f"--device must be cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def load_generator(ckpt: dict[str, Any], device: str = "cpu") -> JointGenerator:
+    model = create_generator(ckpt["config"]["model"], **ckpt["spec"], device=device)
     model.load_state_dict(ckpt["state"])
     return model
 
@@ -115,8 +126,9 @@ def _progress(model: str, step: int, steps: int, losses: dict[str, float], start
 
 
 def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100, log_every: int = 20,
-          cache_dir: str | None = None, echo: Callable[[str], Any] | None = None) -> Path:
-    """Train (or resume) a generator for `steps` steps in total; returns the checkpoint path."""
+          cache_dir: str | None = None, echo: Callable[[str], Any] | None = None, device: str = "cpu") -> Path:
+    """Train (or resume) a generator for `steps` steps in total; returns the checkpoint path. The device is not
+    part of the run's settings: a run started on a GPU can be resumed on a CPU and the reverse."""
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     if steps < 1 or save_every < 1 or log_every < 1:
         raise MetasegError("--steps, --save-every and --log-every must be >= 1")
@@ -126,10 +138,10 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
     resume = _prepare_out(out, config)
     task = load_dataset(config.dataset, config.size, config.layout, cache_dir)
     split = split_by_hash(task.hashes, config.heldout_fraction, config.n_train, config.seed)
-    data = to_joint(task.images[split.train], task.masks[split.train])
+    data = to_joint(task.images[split.train], task.masks[split.train]).to(device)
     torch.manual_seed(config.seed)  # network initialisation
     spec = {"channels": data.shape[1], "size": config.size, "width": config.width, "lr": config.lr}
-    model = create_generator(config.model, **spec)
+    model = create_generator(config.model, **spec, device=device)
     step = 0
     if resume is not None:
         if resume["train_hashes"] != [task.hashes[i] for i in split.train]:
@@ -138,7 +150,7 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
         step = int(resume["step"])
         echo(f"[{config.model}] resuming {out / CHECKPOINT} at step {step}/{steps}")
     else:
-        echo(f"[{config.model}] training on {len(split.train)} images of {config.dataset} at {config.size} px "
+        echo(f"[{config.model}] training on {len(split.train)} images of {config.dataset} at {config.size} px on {device} "
              f"({len(split.heldout)} held out), {sum(p.numel() for p in _params(model))} parameters, {steps} steps")
 
     def checkpoint() -> None:
@@ -153,7 +165,7 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
     try:
         while step < steps:
             gen = step_generator(config.seed, step)
-            batch = data[torch.randint(0, data.shape[0], (config.batch_size,), generator=gen)]
+            batch = data[torch.randint(0, data.shape[0], (config.batch_size,), generator=gen).to(data.device)]
             losses = model.train_step(batch, gen)
             step += 1
             if step % log_every == 0 or step == steps:
