@@ -250,3 +250,27 @@ def test_changed_settings_do_not_resume(env, capsys):
     rc, err = cli(capsys, "train", "--dataset", data, "--model", "gan", "--out", env / "run", "--steps", 2, *TINY, "--seed", "5")
     assert rc == 2 and "different settings (seed: 0 there, 5 now)" in err
     assert _state(env / "run" / "last.ckpt")["step"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_one_line(env, capsys):
+    ds = write_dataset(env / "ds", 4, seed=0)
+    rc, err = cli(capsys, "train", "--dataset", ds, "--model", "gan", "--out", env / "r", "--device", "cuda")
+    assert rc == 2 and "--device cuda" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["unet", "segformer"])
+def test_segmenters_learn_a_simple_mask(name):
+    """Bright square on dark ground: a few dozen steps must beat the all-background Dice of 0."""
+    from metaseg.generative.segmenters import fit_segmenter, mean_dice
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    masks = np.zeros((24, 32, 32), np.uint8)
+    for i, (y, x) in enumerate(rng.integers(2, 18, (24, 2))):
+        masks[i, y:y + 12, x:x + 12] = 1
+    images = (masks[:, None] * 160 + rng.integers(0, 60, (24, 1, 32, 32))).astype(np.uint8)
+    model = fit_segmenter(name, images[:16], masks[:16], steps=40, batch_size=8)
+    assert mean_dice(model, images[16:], masks[16:]) > 0.5
+    with pytest.raises(Exception, match="unknown segmenter"):
+        fit_segmenter("vit", images, masks, steps=1)
