@@ -4,7 +4,8 @@
     python -m benchmarks.report --results benchmarks/results/fewshot_gpu.json --docs docs/results_gpu.md
 
 Writes `<stem>.md` (the full table with the protocol), `<stem>_<target>.png` (Dice versus K per
-target) beside the JSON, and the README section (`docs/results.md` by default). Comparisons
+target) beside the JSON, the full Results page (`docs/results.md` by default) and the README's
+headline table (between its `generated:results.md` markers). Comparisons
 between two methods are paired: every method saw the same episodes, so the 95% CI is a
 t-interval over per-episode Dice differences.
 """
@@ -239,11 +240,31 @@ def results_markdown(doc: dict[str, Any], plots: dict[str, str], heading: str = 
     return "\n".join(lines) + "\n"
 
 
+def headline_markdown(doc: dict[str, Any], full_link: str, shots: int = 5) -> str:
+    """The README's short Results section: issue 5's target check and one K-shot Dice table
+    (methods x held-out targets); the full tables, protocol and notes are at `full_link`."""
+    by = rows_by(doc)
+    targets = ordered([r["target"] for r in doc["rows"]])
+    methods = ordered([r["method"] for r in doc["rows"]])
+    ev = doc["config"]["evaluation"]
+    lines = ["## Results", "",
+             f"Held-out {shots}-shot query Dice in points (mean ± 95% CI, {ev['episodes']} episodes, "
+             f"{doc['config']['image_size']} px, device `{doc['environment']['device']}`), read from "
+             f"`{doc.get('results_name', 'benchmarks/results/fewshot.json')}`; protocol, K=1/10, IoU, paired "
+             f"comparisons and notes: [{full_link}]({full_link}).", ""]
+    lines += ["| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(pm(by[(m, t, shots)]["dice_mean"], by[(m, t, shots)]["dice_ci95"])
+                                             if (m, t, shots) in by else "–" for t in targets) + " |")
+    lines += ["", "Target check (issue 5):", ""] + [f"- {line}" for line in target_status(doc, shots)]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(doc: dict[str, Any], results_path: str | Path, docs_path: str | Path | None = None,
                  link_base: str | Path = ".") -> list[Path]:
-    """`<stem>.md` and `<stem>_<target>.png` beside the JSON, plus the README section at `docs_path`,
-    whose image links are relative to `link_base` (the repository root, where README.md lives: the
-    section is meant to be pasted into the README)."""
+    """`<stem>.md` and `<stem>_<target>.png` beside the JSON, plus the full Results page at `docs_path`
+    (image links relative to that page) and, between its markers in `link_base`/README.md (the
+    repository root), a headline table that links to that page."""
     results_path = Path(results_path)
     out_dir, stem = results_path.parent, results_path.stem
     written, plot_names = [], {}
@@ -258,13 +279,14 @@ def write_report(doc: dict[str, Any], results_path: str | Path, docs_path: str |
     if docs_path:
         docs_path = Path(docs_path)
         docs_path.parent.mkdir(parents=True, exist_ok=True)
-        rel = {t: _relative(out_dir / name, Path(link_base)) for t, name in plot_names.items()}
-        text = results_markdown(doc, rel, heading="##", results_name=name).replace(
-            "## Few-shot segmentation benchmark (held-out datasets)", "## Results", 1)
+        rel = {t: _relative(out_dir / name, docs_path.parent) for t, name in plot_names.items()}
+        text = results_markdown(doc, rel, heading="#", results_name=name).replace(
+            "# Few-shot segmentation benchmark (held-out datasets)", "# Results", 1)
         docs_path.write_text(text)
         written.append(docs_path)
         readme = Path(link_base) / "README.md"
-        if splice_into_readme(readme, docs_path.name, text):
+        headline = headline_markdown({**doc, "results_name": name}, _relative(docs_path, Path(link_base)))
+        if splice_into_readme(readme, docs_path.name, headline):
             written.append(readme)
     return written
 

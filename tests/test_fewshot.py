@@ -192,8 +192,13 @@ def test_protocol_rows_resume_and_report(tmp_path, tasks):
     table = (tmp_path / "results" / "fewshot.md").read_text()
     assert "## ellipse held out" in table and "| fomaml |" in table
     section = (tmp_path / "docs" / "results.md").read_text()
-    assert section.startswith("## Results") and "(results/fewshot_ellipse.png)" in section
+    assert section.startswith("# Results") and "(../results/fewshot_ellipse.png)" in section  # relative to docs/
     assert len(written) == 3
+    (tmp_path / "README.md").write_text("intro\n<!-- BEGIN generated:results.md -->\n<!-- END generated:results.md -->\n")
+    write_report(json.loads(results.read_text()), results, tmp_path / "docs" / "results.md", link_base=tmp_path)
+    headline = (tmp_path / "README.md").read_text()
+    assert "| fomaml |" in headline and "[docs/results.md](docs/results.md)" in headline
+    assert "Target check (issue 5)" in headline and "held out" not in headline  # the full tables stay in docs/
 
 
 def test_results_section_is_spliced_into_the_readme_between_its_markers(tmp_path):
