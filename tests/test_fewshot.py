@@ -145,6 +145,10 @@ def test_method_adaptation_override_reaches_learner_evaluation_and_fingerprint()
     assert learner_config(cfg, "fomaml") == {"name": "fomaml", "inner_steps": 1, "inner_lr": 1e-4, "inner_optimizer": "adam"}
     assert experiment_config(cfg, "fomaml", "ellipse", Path("run"), "cpu")["model"]["val_adapt_steps"] == 5
     assert method_fingerprint(cfg, "fomaml", "cpu") != before
+    from benchmarks.report import method_lines
+
+    doc = {"config": cfg, "rows": [{"method": "fomaml"}]}
+    assert "test-time adaptation {'steps': 5, 'inner_lr': 0.0001, 'inner_optimizer': 'adam'}" in method_lines(doc)[0]
     assert method_fingerprint(cfg, "scratch", "cpu") == method_fingerprint(TINY, "scratch", "cpu")
     with pytest.raises(MetasegError, match="methods.fomaml.adaptation: unknown option"):
         check_config({**cfg, "methods": {"fomaml": {**cfg["methods"]["fomaml"], "adaptation": {"stpes": 1}}}})
