@@ -201,3 +201,12 @@ def test_quick_command_runs(cmd, tmp_path):
     assert proc.returncode == 0, f"{where} exited {proc.returncode}: {proc.stderr.strip()[-500:]}"
     if cmd.expected:
         assert proc.stdout.rstrip("\n").split("\n") == cmd.expected, f"{where}: output differs from the page"
+
+
+@pytest.mark.parametrize("page", PAGES + ["docs/results.md"])
+def test_relative_links_resolve(page):
+    """A moved section keeps working links (paths are relative to the page, as GitHub renders them)."""
+    text = (ROOT / page).read_text()
+    for target in re.findall(r"\]\(([^)#\s]+)[^)]*\)", text):
+        if not re.match(r"^[a-z]+:", target):
+            assert ((ROOT / page).parent / target).exists(), f"{page} links {target}, which does not exist"
