@@ -129,15 +129,32 @@ def load_spec(
         return task
     from metaseg.data.cache import load_task  # lazy: the cache pulls in image decoders
 
-    return load_task(
+    options = dict(spec.options)
+    max_images = options.pop("max_images", None)
+    task = load_task(
         spec_path(spec, data_root),
         layout=spec.layout,
         size=size,
         category=spec.category,
         cache_dir=cache_dir,
         name=spec.name,
-        **spec.options,
+        **options,
     )
+    return task if max_images is None else limit_images(task, max_images, where=f"task {spec.name!r}: max_images")
+
+
+def limit_images(task: TaskArrays, max_images: Any, where: str = "max_images") -> TaskArrays:
+    """The first `max_images` rows in content-hash order: a fixed pseudo-random subset that does not
+    depend on file names or listing order (a renamed copy of a dataset gives the same subset), for
+    datasets too large to embed or train on in full on a CPU."""
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise MetasegError(f"{where} must be an integer >= 1, got {max_images!r}")
+    if max_images >= len(task):
+        return task
+    rows = sorted(range(len(task)), key=lambda i: (task.hashes[i], i))[:max_images]
+    rows.sort()
+    return TaskArrays(name=task.name, images=task.images[rows], masks=task.masks[rows], ids=[task.ids[i] for i in rows],
+                      hashes=[task.hashes[i] for i in rows], sources=[task.sources[i] for i in rows])
 
 
 def check_leakage(train: Iterable[TaskArrays], test: Iterable[TaskArrays]) -> None:

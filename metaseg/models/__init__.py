@@ -24,6 +24,8 @@ def create_model(kind: str = "unet", **kwargs: Any) -> nn.Module:
         from metaseg.models import unet  # noqa: F401  (registers itself)
     elif kind == "sam":
         from metaseg.models import sam  # noqa: F401
+    elif kind == "medsam_lite":
+        from metaseg.models import medsam_lite  # noqa: F401
     if kind not in MODEL_REGISTRY:
         raise MetasegError(f"model.kind: unknown model {kind!r}; known: {sorted(MODEL_REGISTRY) or ['unet', 'sam']}")
     return MODEL_REGISTRY[kind](**kwargs)
