@@ -13,9 +13,10 @@ from __future__ import annotations
 import csv
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -73,19 +74,60 @@ def check_disjoint(episode: Episode, task: TaskArrays | None = None) -> None:
 
 
 def score_episode(
-    model: nn.Module, learner: nn.Module, episode: Episode, steps: int | None = None, chunk: int = 16
-) -> tuple[list[float], list[float]]:
-    """Adapt on the support set, predict the query set in chunks, return per-image Dice and IoU."""
+    model: nn.Module, learner: nn.Module, episode: Episode, steps: int | None = None, chunk: int = 16,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[list[float], list[float]] | dict[str, tuple[list[float], list[float]]]:
+    """Adapt on the support set, predict the query set in chunks, return per-image Dice and IoU.
+
+    `variants` ({suffix: {model attribute: value}}, e.g. {"": {}, "_refine": {"refine": 1}}) scores
+    several prediction modes after ONE adaptation (adaptation is the expensive part) and returns
+    {suffix: (dice, iou)}; the attributes are restored afterwards.
+    """
     with torch.enable_grad():
         fast = learner.adapt(model, episode.support_x, episode.support_y, steps=steps)
-    dice, iou = [], []
-    with torch.no_grad():
-        for start in range(0, episode.query_x.shape[0], chunk):
-            logits = learner.predict(model, fast, episode.query_x[start:start + chunk])
-            d, i = dice_iou_per_image(logits.float(), episode.query_y[start:start + chunk])
-            dice += d.tolist()
-            iou += i.tolist()
-    return dice, iou
+    scores = {}
+    for suffix, overrides in (variants or {"": {}}).items():
+        dice, iou = [], []
+        with model_attributes(model, overrides), torch.no_grad():
+            for start in range(0, episode.query_x.shape[0], chunk):
+                logits = learner.predict(model, fast, episode.query_x[start:start + chunk])
+                d, i = dice_iou_per_image(logits.float(), episode.query_y[start:start + chunk])
+                dice += d.tolist()
+                iou += i.tolist()
+        scores[suffix] = (dice, iou)
+    return scores if variants is not None else scores[""]
+
+
+@contextmanager
+def model_attributes(model: nn.Module, overrides: Mapping[str, Any]) -> Iterator[None]:
+    """Temporarily set attributes the model exposes as prediction options (unknown ones are an error)."""
+    old = {}
+    for name, value in overrides.items():
+        if not hasattr(model, name):
+            raise MetasegError(f"variant option {name!r}: a {type(model).__name__} has no such prediction option")
+        old[name] = getattr(model, name)
+        setattr(model, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(model, name, value)
+
+
+def evaluation_episodes(tasks: Sequence[TaskArrays], k: int, episodes: int, seed: int, queries: int) -> Iterator[Episode]:
+    """The fixed, checked evaluation episodes for one K: the same for every method given the same seed."""
+    from metaseg.data.episodes import EpisodeSampler
+
+    smallest = min(len(t) for t in tasks)
+    q = min(int(queries), smallest - int(k))
+    if k < 1 or q < 1:
+        raise MetasegError(f"--shots {k}: the smallest task has {smallest} images, too few for {k} shots plus a query")
+    by_name = {t.name: t for t in tasks}
+    sampler = EpisodeSampler(list(tasks), shots=int(k), queries=q, seed=seed, stream="evaluate")
+    for index in range(episodes):
+        episode = sampler.sample(index)
+        check_disjoint(episode, by_name.get(episode.task))
+        yield episode
 
 
 def evaluate_method(
@@ -100,35 +142,29 @@ def evaluate_method(
     method: str = "",
     device: str | torch.device | None = None,
     progress: Any = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[EpisodeResult]:
     """Evaluate one (model, learner) on `episodes` K-shot episodes per K in `shots`.
 
     The same (tasks, K, seed) always gives the same episodes, so methods evaluated with the same
     seed are compared on identical supports and queries. The model is never modified (learners
-    adapt functionally). `queries` is capped by the smallest task's size minus K.
+    adapt functionally). `queries` is capped by the smallest task's size minus K. `variants`: see
+    `score_episode`; each variant's results carry the method name plus its suffix.
     """
-    from metaseg.data.episodes import EpisodeSampler
-
     if episodes < 1:
         raise MetasegError(f"--episodes must be >= 1 (got {episodes})")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    by_name = {t.name: t for t in tasks}
     results: list[EpisodeResult] = []
     for k in shots:
-        smallest = min(len(t) for t in tasks)
-        q = min(int(queries), smallest - int(k))
-        if k < 1 or q < 1:
-            raise MetasegError(f"--shots {k}: the smallest task has {smallest} images, too few for {k} shots plus a query")
-        sampler = EpisodeSampler(list(tasks), shots=int(k), queries=q, seed=seed, stream="evaluate")
-        for index in range(episodes):
-            episode = sampler.sample(index)
-            check_disjoint(episode, by_name.get(episode.task))
+        for index, episode in enumerate(evaluation_episodes(tasks, int(k), episodes, seed, queries)):
             start = time.perf_counter()
-            dice, iou = score_episode(model, learner, episode.to(device), steps=steps)
-            results.append(EpisodeResult(method, int(k), index, episode.task, episode.support_ids,
-                                         episode.query_ids, dice, iou, time.perf_counter() - start))
-            if progress is not None:
-                progress(results[-1])
+            scores = score_episode(model, learner, episode.to(device), steps=steps, variants=variants or {"": {}})
+            seconds = time.perf_counter() - start
+            for suffix, (dice, iou) in scores.items():
+                results.append(EpisodeResult(method + suffix, int(k), index, episode.task, episode.support_ids,
+                                             episode.query_ids, dice, iou, seconds))
+                if progress is not None:
+                    progress(results[-1])
     return results
 
 
