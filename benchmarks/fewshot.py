@@ -59,7 +59,8 @@ CONFIG_KEYS = {
 }
 REQUIRED_KEYS = ("datasets", "targets", "evaluation", "adaptation", "experiment", "methods")
 SECTIONS = ("trainer", "model", "data")  # what an experiment fragment may set (the meta-train schema's sections)
-METHOD_KEYS = (*SECTIONS, "adaptation", "note")
+METHOD_KEYS = (*SECTIONS, "adaptation", "train", "variants", "upper_bound", "note")
+UPPER_BOUNDS = ("oracle_box",)  # rows that use the query's ground truth: a ceiling, never a method
 ADAPTATION_KEYS = ("steps", "inner_lr", "inner_optimizer")
 SHARED_LEARNER_OPTIONS = ("inner_lr", "inner_optimizer")  # come from the method's adaptation budget
 # Set by the benchmark for every part (the fold, the paths, the device), never by a fragment.
@@ -133,8 +134,13 @@ def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
         if clash:
             raise MetasegError(f"{where}: methods.{method}.model.learner sets {clash}; the test-time adaptation budget "
                                f"is set in `adaptation` (shared) or methods.{method}.adaptation (this method's)")
-        if method != "scratch" and "name" not in learner:
-            raise MetasegError(f"{where}: methods.{method} needs model.learner.name (only 'scratch' has no learner)")
+        if mcfg.get("upper_bound") is not None and mcfg["upper_bound"] not in UPPER_BOUNDS:
+            raise MetasegError(f"{where}: methods.{method}.upper_bound must be one of {list(UPPER_BOUNDS)}")
+        if not isinstance(mcfg.get("variants") or {}, dict):
+            raise MetasegError(f"{where}: methods.{method}.variants must map a name suffix to model attributes")
+        if method != "scratch" and mcfg.get("train", True) and not mcfg.get("upper_bound") and "name" not in learner:
+            raise MetasegError(f"{where}: methods.{method} needs model.learner.name (only 'scratch', `train: false` "
+                               f"methods and upper bounds fine-tune with the transfer learner)")
         _check_learner(cfg, method, f"{where}: methods.{method}.model.learner")
     ev = cfg["evaluation"]
     if int(ev.get("episodes", 0)) < 1 or not ev.get("shots"):
@@ -207,8 +213,12 @@ def learner_class(cfg: dict[str, Any], method: str) -> type:
 
 
 def meta_trained(cfg: dict[str, Any], method: str) -> bool:
-    """scratch and learners with nothing to meta-train (support_prior) only adapt."""
-    return method != "scratch" and learner_class(cfg, method).needs_meta_training
+    """scratch, `train: false` methods (the network as built: a random U-Net, or a pretrained base
+    such as medsam_lite), upper bounds and learners with nothing to meta-train (support_prior) only adapt."""
+    mcfg = cfg["methods"][method] or {}
+    if method == "scratch" or not mcfg.get("train", True) or mcfg.get("upper_bound"):
+        return False
+    return learner_class(cfg, method).needs_meta_training
 
 
 def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
@@ -325,21 +335,48 @@ def evaluate(cfg: dict[str, Any], method: str, model: torch.nn.Module, learner: 
     from metaseg.evaluate import evaluate_method, summarise
 
     ev = cfg["evaluation"]
-    results = evaluate_method(model, learner, [target], [int(k) for k in ev["shots"]], int(ev["episodes"]),
-                              seed=int(cfg["seed"]), steps=int(adaptation(cfg, method)["steps"]),
-                              queries=int(ev.get("queries", 15)), method=method, device=device)
+    mcfg = cfg["methods"][method] or {}
+    shots, episodes, seed, queries = [int(k) for k in ev["shots"]], int(ev["episodes"]), int(cfg["seed"]), int(ev.get("queries", 15))
+    if mcfg.get("upper_bound") == "oracle_box":
+        results = oracle_box_results(model, target, shots, episodes, seed, queries, method, device)
+    else:  # variants (e.g. _refine) are scored after the same adaptation as the method itself
+        results = evaluate_method(model, learner, [target], shots, episodes, seed=seed,
+                                  steps=int(adaptation(cfg, method)["steps"]), queries=queries, method=method,
+                                  device=device, variants={"": {}, **(mcfg.get("variants") or {})})
     rows = []
     for s in summarise(results):
-        group = [r for r in results if r.shots == s["shots"]]
+        group = [r for r in results if r.shots == s["shots"] and r.method == s["method"]]
         rows.append({
-            "method": method, "target": target.name, "shots": int(s["shots"]),
+            "method": s["method"], "target": target.name, "shots": int(s["shots"]),
             "dice_mean": s["dice"], "dice_ci95": s["dice_ci95"], "iou_mean": s["iou"], "iou_ci95": s["iou_ci95"],
             "episodes": int(s["episodes"]), "query_images": int(s["images"]),
             "episode_dice": [round(r.dice, 5) for r in group], "episode_iou": [round(r.iou, 5) for r in group],
         })
-        echo(f"  {method} on {target.name}, K={s['shots']}: Dice {s['dice']:.3f} ± {s['dice_ci95']:.3f}, "
+        echo(f"  {s['method']} on {target.name}, K={s['shots']}: Dice {s['dice']:.3f} ± {s['dice_ci95']:.3f}, "
              f"IoU {s['iou']:.3f} ± {s['iou_ci95']:.3f}")
     return rows
+
+
+def oracle_box_results(model: torch.nn.Module, target: TaskArrays, shots: Sequence[int], episodes: int, seed: int,
+                       queries: int, method: str, device: str) -> list[Any]:
+    """Upper bound, not a method: the pretrained base prompted with each query's ground-truth box, on
+    the same episodes as the methods (the support set is not used)."""
+    from metaseg.evaluate import EpisodeResult, evaluation_episodes
+    from metaseg.metrics import dice_iou_per_image
+    from metaseg.models.medsam_lite import boxes_from_masks
+
+    if not hasattr(model, "forward_with_boxes"):
+        raise MetasegError(f"methods.{method}: upper_bound oracle_box needs a box-promptable model (model.kind: medsam_lite)")
+    results = []
+    for k in shots:
+        for index, episode in enumerate(evaluation_episodes([target], k, episodes, seed, queries)):
+            start = time.perf_counter()
+            x, y = episode.query_x.to(device), episode.query_y.to(device)
+            logits = model.forward_with_boxes(x, boxes_from_masks(y, model.image_size))
+            dice, iou = dice_iou_per_image(logits.float(), y)
+            results.append(EpisodeResult(method, k, index, episode.task, episode.support_ids, episode.query_ids,
+                                         dice.tolist(), iou.tolist(), time.perf_counter() - start))
+    return results
 
 
 def run_part(cfg: dict[str, Any], method: str, target: str, tasks: dict[str, TaskArrays], device: str,
