@@ -176,3 +176,24 @@ def test_learners_meta_train_only_the_trainable_parts(blobs, learner, options):
     fast = algo.adapt(model, x[:3], y[:3], steps=3)
     assert set(fast) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def test_dihedral_augmentation_gives_exact_views_that_the_cache_reuses(blobs):
+    from metaseg.data.transforms import support_augment
+
+    x, y = blobs
+    images = (x[:2].numpy() * 255).round().astype(np.uint8)
+    masks = y[:2, 0].numpy().astype(np.uint8)
+    augment = support_augment("dihedral")
+    views = {images[0].tobytes()}
+    for k in range(4):
+        views |= {np.ascontiguousarray(np.rot90(f, k, axes=(1, 2))).tobytes() for f in (images[0], images[0][:, ::-1])}
+    seen = set()
+    for seed in range(40):
+        out, out_masks = augment(images, masks, seed)
+        assert out[0].tobytes() in views  # one of the 8 exact views, never a resampled image
+        assert set(np.unique(out_masks)) <= {0, 1}
+        seen.add(out[0].tobytes())
+    assert len(seen) > 4
+    with pytest.raises(MetasegError, match="data.augment"):
+        support_augment("elastic")

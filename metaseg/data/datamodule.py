@@ -152,7 +152,7 @@ class MetaDataModule(pl.LightningDataModule):
         val_episodes: int = 20,
         test_episodes: int = 50,
         train_episodes_per_epoch: int = 100,
-        augment: bool = True,
+        augment: bool | str = True,
         mix_tasks: int = 1,
         seed: int = 0,
         data_root: str | None = None,
@@ -164,6 +164,8 @@ class MetaDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if augment not in (True, False, "default", "dihedral", "none"):
+            raise MetasegError(f"data.augment must be true, false, 'default', 'dihedral' or 'none', got {augment!r}")
         if meta_batch_size < 1 or train_episodes_per_epoch < 1:
             raise MetasegError("meta_batch_size and train_episodes_per_epoch must be >= 1")
         self.train_specs = [TaskSpec.coerce(s) for s in train_tasks or ()]
@@ -210,11 +212,11 @@ class MetaDataModule(pl.LightningDataModule):
         tasks = self._tasks("train")
         if not tasks:
             raise MetasegError("no meta-training tasks: set data.train_tasks")
-        from metaseg.data.transforms import SupportAugment  # lazy: albumentations import is slow
+        from metaseg.data.transforms import support_augment  # lazy: albumentations import is slow
 
         return EpisodeSampler(
             tasks, self.shots, self.queries, seed=self.seed, mix_tasks=self.mix_tasks,
-            augment=SupportAugment() if self.augment else None, stream="train",
+            augment=support_augment(self.augment), stream="train",
         )
 
     def eval_sampler(self, split: str) -> EpisodeSampler | None:

@@ -24,9 +24,7 @@ def default_support_transforms() -> A.Compose:
     """Geometry that preserves medical content (flips, 90° turns, small affine) plus mild photometry."""
     return A.Compose(
         [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=0.5),
+            *dihedral_transforms(),
             A.Affine(
                 scale=(0.9, 1.1),
                 translate_percent=(-0.05, 0.05),
@@ -37,6 +35,28 @@ def default_support_transforms() -> A.Compose:
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
         ]
     )
+
+
+def dihedral_transforms() -> list[A.BasicTransform]:
+    """Flips and 90° turns only: every augmented image is one of 8 exact views of the original,
+    so a model that caches per-image embeddings (medsam_lite) encodes each view once."""
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+
+
+AUGMENTATIONS = ("default", "dihedral")  # data.augment: true = "default", false = none
+
+
+def support_augment(kind: "bool | str") -> "SupportAugment | None":
+    """The support augmentation `data.augment` names (true/"default", "dihedral", false/"none")."""
+    from metaseg.errors import MetasegError
+
+    if kind is False or kind == "none":
+        return None
+    if kind is True or kind == "default":
+        return SupportAugment()
+    if kind == "dihedral":
+        return SupportAugment(A.Compose(dihedral_transforms()))
+    raise MetasegError(f"data.augment must be true, false or one of {list(AUGMENTATIONS)}, got {kind!r}")
 
 
 class SupportAugment:
