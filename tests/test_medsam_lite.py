@@ -197,3 +197,41 @@ def test_dihedral_augmentation_gives_exact_views_that_the_cache_reuses(blobs):
     assert len(seen) > 4
     with pytest.raises(MetasegError, match="data.augment"):
         support_augment("elastic")
+
+
+def test_meta_train_adapt_and_evaluate_end_to_end(tmp_path, monkeypatch):
+    """metaseg meta-train on medsam_lite saves only the trainable tensors + the base's hash, and
+    the checkpoint then serves `metaseg adapt` (masks at original size) and `evaluate`."""
+    from metaseg.adapt import run_adapt
+    from metaseg.checkpoints import load_module, read_checkpoint
+    from metaseg.evaluate import run_evaluate
+    from tests.test_adapt import SIZES, make_dataset
+    from tests.test_training import run_tiny
+
+    monkeypatch.setenv("METASEG_CACHE", str(tmp_path / "cache"))
+    result = run_tiny(
+        tmp_path, "--trainer.max_steps", "2", "--run_test", "false",
+        model={"model": {"kind": "medsam_lite", "image_size": SIZE, "decoder": "lora"},
+               "learner": {"name": "fomaml", "inner_steps": 1, "inner_lr": 3e-4, "inner_optimizer": "adam"},
+               "outer_lr": 1e-4},
+        data={"image_size": SIZE, "synthetic_n": 6, "val_episodes": 1, "shots": 2, "queries": 2},
+    )
+    ckpt = read_checkpoint(result["last"])
+    stored = {k for k in ckpt["state_dict"] if k.startswith("model.")}
+    assert stored and all(("lora_" in k) or ("prompt" in k) for k in stored)  # not the 9.8 M base weights
+    assert ckpt["metaseg"]["base_fingerprint"]["sha256"] == ml.file_sha256(ml.packaged_checkpoint())
+    module = load_module(result["last"])
+    assert isinstance(module.model, ml.MedSamLite)
+    assert list((tmp_path / "cache" / "embeddings").rglob("*.npy"))  # the cache was used
+
+    support = make_dataset(tmp_path / "support", SIZES[:3], seed=1)
+    images = make_dataset(tmp_path / "images", SIZES[:3], seed=2)
+    summary = run_adapt(result["last"], support, images, tmp_path / "adapted", shots=2, steps=1, seed=0, echo=lambda s: None)
+    assert summary["scored"] == 3
+    from PIL import Image
+
+    for i, (w, h) in enumerate(SIZES[:3]):
+        assert Image.open(tmp_path / "adapted" / "masks" / f"img2_{i}.png").size == (w, h)
+    rows = run_evaluate(result["last"], str(images), tmp_path / "eval", shots=[1], episodes=1, steps=1,
+                        queries=2, echo=lambda s: None)
+    assert rows[0]["method"] == "fomaml" and 0.0 <= rows[0]["dice"] <= 1.0
