@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXP    ?= demo
 ARGS   ?=
 
-.PHONY: install peers test test-fast demo meta-train benchmark bench-episodes bench-peers bench-memory clean
+.PHONY: install peers test test-fast demo meta-train benchmark benchmark-medsam bench-medsam-speed bench-episodes bench-peers bench-memory clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ meta-train: install
 
 benchmark: install
 	$(PY) -m benchmarks.fewshot --config benchmarks/fewshot.yaml $(ARGS)
+
+# The LiteMedSAM rows (issue 16): 128 px, pretrained base, embedding cache; ~1 h on 2 CPU cores.
+benchmark-medsam: install
+	$(PY) -m benchmarks.fewshot --config benchmarks/fewshot_medsam.yaml $(ARGS)
+
+bench-medsam-speed: install
+	$(PY) -m benchmarks.medsam_speed $(ARGS)
 
 bench-episodes: install
 	$(PY) -m benchmarks.episodes $(ARGS)

@@ -150,6 +150,13 @@ def table(doc: dict[str, Any], target: str) -> list[str]:
     return lines
 
 
+PAIRS = (("imaml", "maml"), ("imaml", "scratch"), ("imaml", "transfer"), ("imaml", "prior"), ("maml", "fomaml"),
+         # issue 16: meta-learning on the pretrained base against fine-tuning the same base, and the U-Net
+         ("medsam_lite_fomaml", "medsam_lite_finetune"), ("medsam_lite_imaml", "medsam_lite_finetune"),
+         ("medsam_lite_fomaml_refine", "medsam_lite_finetune_refine"), ("medsam_lite_imaml_refine", "medsam_lite_finetune_refine"),
+         ("medsam_lite_fomaml", "transfer"), ("medsam_lite_imaml", "transfer"))
+
+
 def comparison_lines(doc: dict[str, Any], shots: int = 5) -> list[str]:
     """Paired per-episode Dice differences for the comparisons issue 5 asks about."""
     by = rows_by(doc)
@@ -157,8 +164,7 @@ def comparison_lines(doc: dict[str, Any], shots: int = 5) -> list[str]:
     lines = ["| target | K | comparison | Dice difference (points, paired 95% CI) | episodes |", "|---|---:|---|---|---:|"]
     for target in targets:
         for k in sorted({int(r["shots"]) for r in doc["rows"] if r["target"] == target}):
-            for a, b in (("imaml", "maml"), ("imaml", "scratch"), ("imaml", "transfer"), ("imaml", "prior"),
-                         ("maml", "fomaml")):
+            for a, b in PAIRS:
                 if (a, target, k) in by and (b, target, k) in by:
                     mean, ci, n = paired_difference(by[(a, target, k)], by[(b, target, k)])
                     lines.append(f"| {target} | {k} | {a} − {b} | {pm(mean, ci)} | {n} |")
