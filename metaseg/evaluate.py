@@ -27,7 +27,8 @@ from metaseg.metrics import dice_iou_per_image, mean_ci95
 
 EPISODE_FIELDS = ("method", "shots", "episode", "task", "support_ids", "n_query", "dice", "iou", "seconds")
 SCRATCH_STEPS = 100  # fine-tuning steps of the scratch baseline when --steps is not given
-BASELINES = ("scratch", "support_prior")  # `--method` values that ignore --checkpoint
+BASELINES = ("scratch", "support_prior", "medsam_lite_zeroshot", "medsam_lite_finetune")  # `--method` values that ignore --checkpoint
+MEDSAM_FINETUNE = {"inner_lr": 3e-4, "inner_optimizer": "adam", "inner_steps": 10}  # the benchmark's budget (docs/medsam_lite.md)
 CI_NOTE = "95% CI: t-interval over per-image query scores pooled across all episodes of that K"
 
 
@@ -245,6 +246,10 @@ def build_method(checkpoint: str | None, method: str | None, seed: int, steps: i
     from metaseg.meta import create_learner
     from metaseg.models import create_model
 
+    if method in ("medsam_lite_zeroshot", "medsam_lite_finetune"):  # the pretrained base, no meta-training
+        model = create_model("medsam_lite", image_size=128).to(device).eval()
+        budget = dict(MEDSAM_FINETUNE, inner_steps=0 if method == "medsam_lite_zeroshot" else int(steps or MEDSAM_FINETUNE["inner_steps"]))
+        return model, create_learner("transfer", **budget).to(device), method, {"image_size": 128}
     torch.manual_seed(seed)
     with torch.enable_grad():  # building the U-Net runs a probe backward pass
         model = create_model(**(model_config or {"kind": "unet"})).to(device).eval()
@@ -275,6 +280,8 @@ def run_evaluate(
 
     out = prepare_out_dir(out, overwrite)
     model, learner, name, info = build_method(checkpoint, method, seed, steps)
+    if name == "medsam_lite_zeroshot":
+        steps = 0  # zero-shot means no adaptation, whatever --steps says
     size = int(size or info.get("image_size") or 128)
     spec: dict[str, Any] = {"root": _dataset_root(dataset)}
     if layout:

@@ -235,3 +235,18 @@ def test_meta_train_adapt_and_evaluate_end_to_end(tmp_path, monkeypatch):
     rows = run_evaluate(result["last"], str(images), tmp_path / "eval", shots=[1], episodes=1, steps=1,
                         queries=2, echo=lambda s: None)
     assert rows[0]["method"] == "fomaml" and 0.0 <= rows[0]["dice"] <= 1.0
+
+
+def test_evaluate_offers_the_same_base_baselines(tmp_path, monkeypatch):
+    """`metaseg evaluate --method medsam_lite_zeroshot | medsam_lite_finetune` (no checkpoint)."""
+    from metaseg.cli import main as cli_main
+    from tests.test_adapt import SIZES, make_dataset
+
+    monkeypatch.setenv("METASEG_CACHE", str(tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", SIZES[:4], seed=3)
+    for method in ("medsam_lite_zeroshot", "medsam_lite_finetune"):
+        out = tmp_path / method
+        assert cli_main(["evaluate", "--method", method, "--dataset", str(data), "--shots", "1", "--episodes", "1",
+                         "--queries", "2", "--steps", "1", "--out", str(out)]) == 0
+        summary = (out / "summary.md").read_text()
+        assert method in summary and "128 px" in summary

@@ -13,9 +13,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "summary.md (mean ± 95%% CI over per-image scores pooled across episodes).",
     )
     parser.add_argument("--checkpoint", help="a .ckpt written by `metaseg meta-train`; 'none' (or omitted) = scratch baseline")
-    parser.add_argument("--method", choices=["scratch", "support_prior"],
+    parser.add_argument("--method", choices=["scratch", "support_prior", "medsam_lite_zeroshot", "medsam_lite_finetune"],
                         help="a baseline instead of --checkpoint: scratch trains a random init on each support; "
-                             "support_prior predicts the mean support mask cut to the supports' mean area (the floor to beat)")
+                             "support_prior predicts the mean support mask cut to the supports' mean area (the floor to beat); "
+                             "medsam_lite_zeroshot = the pretrained LiteMedSAM base with a whole-image box; "
+                             "medsam_lite_finetune = that base fine-tuned on each support (Adam, lr 3e-4, --steps, default 10)")
     parser.add_argument("--dataset", required=True, help="dataset folder (or a name under the data root, or synthetic:<family>)")
     parser.add_argument("--layout", help="dataset layout (default: detected)")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="K values (default 1 5 10)")
