@@ -251,19 +251,6 @@ class MedSamLite(SamSegmenter):
                 dense = dense + mask_dense - self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
         return sparse, dense
 
-    def decode_prompted(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """Single-mask low-res logits (B, 1, S, S) for the given prompt embeddings (see SamSegmenter.decode)."""
-        b = embeddings.shape[0]
-        decoder = self.mask_decoder
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat([tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-        image_pe = self.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
-        hs, src = decoder.transformer(embeddings + dense, image_pe, tokens)
-        c, h, w = embeddings.shape[1:]
-        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
-        return (hyper.unsqueeze(1) @ upscaled.flatten(2)).view(b, 1, *upscaled.shape[-2:])
-
     def forward(self, x: torch.Tensor, refine: int | None = None) -> torch.Tensor:
         height, width = x.shape[-2:]
         embeddings = self.embed(x)
@@ -277,10 +264,6 @@ class MedSamLite(SamSegmenter):
         if logits.shape[-2:] != (height, width):
             logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)
         return logits
-
-    def boxes_from_logits(self, low_res: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """As SamSegmenter's, with an empty prediction falling back to the whole-image box."""
-        return super().boxes_from_logits(low_res, h, w)
 
     @torch.no_grad()
     def forward_with_boxes(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -258,7 +258,11 @@ class SamSegmenter(nn.Module):
         """
         b = embeddings.shape[0]
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        sparse, dense = sparse.expand(b, -1, -1), dense.expand(b, -1, -1, -1)
+        return self.decode_prompted(embeddings, sparse.expand(b, -1, -1), dense.expand(b, -1, -1, -1))
+
+    def decode_prompted(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """`decode` for given per-image prompt embeddings (sparse (B, N, D), dense (B, D, g, g))."""
+        b = embeddings.shape[0]
         decoder = self.mask_decoder
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
