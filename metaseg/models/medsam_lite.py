@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from metaseg.errors import MetasegError
 from metaseg.models import register_model
 from metaseg.models.lora import inject_lora
-from metaseg.models.sam import SamSegmenter, file_sha256, read_sam_checkpoint
+from metaseg.models.sam import SamSegmenter, file_sha256, read_sam_checkpoint, train_single_mask_decoder
 from metaseg.models.unet import adapt_channels
 
 EMBED_DIM = 256
@@ -334,12 +334,8 @@ def create_medsam_lite(
         model.requires_grad_(False)
         model.init_prompts(dense_prompt)
         model.prompt_tokens.requires_grad_(prompt_tokens)
-        if decoder == "full":  # the parts the single-mask output uses (as SAM's freeze_base)
-            model.mask_decoder.requires_grad_(True)
-            model.mask_decoder.iou_prediction_head.requires_grad_(False)
-            for mlp in model.mask_decoder.output_hypernetworks_mlps[1:]:
-                mlp.requires_grad_(False)
-            model.mask_decoder.mask_tokens.requires_grad_(True)
+        if decoder == "full":
+            train_single_mask_decoder(model.mask_decoder)
         elif decoder == "lora":
             if decoder_lora_rank < 1:
                 raise MetasegError("model.decoder_lora_rank must be >= 1 with model.decoder=lora")

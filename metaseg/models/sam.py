@@ -292,7 +292,12 @@ class SamSegmenter(nn.Module):
 def freeze_base(model: SamSegmenter) -> None:
     """requires_grad only for the mask decoder parts the single-mask output uses (LoRA added afterwards)."""
     model.requires_grad_(False)
-    decoder = model.mask_decoder
+    train_single_mask_decoder(model.mask_decoder)
+
+
+def train_single_mask_decoder(decoder: nn.Module) -> None:
+    """requires_grad for the decoder parts the single-mask output reaches (not the IoU head nor the
+    three multimask hypernetworks, which no loss reaches)."""
     decoder.requires_grad_(True)
     decoder.iou_prediction_head.requires_grad_(False)
     for mlp in decoder.output_hypernetworks_mlps[1:]:
