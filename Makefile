@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest -q -ra $(ARGS)
 
 demo: install
-	$(PY) -m metaseg.demo $(ARGS)
+	$(PY) -m metaseg.jobs.demo $(ARGS)
 
 meta-train: install
 	$(VENV)/bin/metaseg meta-train --config experiments/$(EXP).yaml $(ARGS)

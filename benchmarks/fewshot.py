@@ -19,7 +19,7 @@ For every held-out target dataset and every method:
    `metaseg.training.fit.meta_train`, the entry point of `metaseg meta-train` (the config is saved
    beside the checkpoints, so `metaseg meta-train --config <it>` reruns the part); best checkpoint
    on meta-validation Dice only;
-3. evaluation = `metaseg.evaluate.evaluate_method` on the target: for each K, the same fixed
+3. evaluation = `metaseg.jobs.evaluate.evaluate_method` on the target: for each K, the same fixed
    episodes (seeded `EpisodeSampler`, queries disjoint from supports) for every method, with the
    method's test-time adaptation budget (the shared `adaptation` unless the method overrides it).
 
@@ -332,7 +332,7 @@ def evaluate(cfg: dict[str, Any], method: str, model: torch.nn.Module, learner: 
              target: TaskArrays, device: str, echo: Echo = print) -> list[dict[str, Any]]:
     """Rows (one per K) on the fixed target episodes; `episode_dice` keeps the per-episode means
     so that methods can be compared episode by episode (they all see the same episodes)."""
-    from metaseg.evaluate import evaluate_method, summarise
+    from metaseg.jobs.evaluate import evaluate_method, summarise
 
     ev = cfg["evaluation"]
     mcfg = cfg["methods"][method] or {}
@@ -361,7 +361,7 @@ def oracle_box_results(model: torch.nn.Module, target: TaskArrays, shots: Sequen
                        queries: int, method: str, device: str) -> list[Any]:
     """Upper bound, not a method: the pretrained base prompted with each query's ground-truth box, on
     the same episodes as the methods (the support set is not used)."""
-    from metaseg.evaluate import EpisodeResult, evaluation_episodes
+    from metaseg.jobs.evaluate import EpisodeResult, evaluation_episodes
     from metaseg.metrics import dice_iou_per_image
     from metaseg.models.medsam_lite import boxes_from_masks
 
@@ -442,7 +442,6 @@ def _start_worker(cfg: dict[str, Any], device: str) -> None:
     """Process-pool initialiser: thread count and the datasets, once per worker process."""
     _set_threads(cfg, device)
     _quiet_warnings()
-    _register_optional_learners()
     _WORKER.update(cfg=cfg, device=device, tasks=load_tasks(cfg, echo=lambda _: None))
 
 
@@ -462,14 +461,6 @@ def _quiet_warnings() -> None:
     warnings.filterwarnings("ignore", ".*exists and is not empty.*")
 
 
-def _register_optional_learners() -> None:
-    """`sam_adapter` lives in metaseg.meta.sam_adapter; import it so the registry knows it."""
-    try:
-        import metaseg.meta.sam_adapter  # noqa: F401
-    except ImportError:
-        pass
-
-
 def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Sequence[str] | None = None,
                   targets: Sequence[str] | None = None, restart: bool = False, command: str = "",
                   jobs: int | None = None, echo: Echo = print) -> dict[str, Any]:
@@ -485,7 +476,6 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
         raise MetasegError("--device cuda: no CUDA device is available")
     _set_threads(cfg, device)
     _quiet_warnings()
-    _register_optional_learners()
     methods = list(methods or cfg["methods"])
     targets = list(targets or cfg["targets"])
     unknown = [m for m in methods if m not in cfg["methods"]] + [t for t in targets if t not in cfg["targets"]]

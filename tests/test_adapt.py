@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metaseg.adapt import run_adapt
+from metaseg.jobs.adapt import run_adapt
 from metaseg.cli import main as cli_main
 from metaseg.errors import MetasegError
 from tests.test_training import run_tiny

@@ -1,4 +1,4 @@
-"""`python -m metaseg.demo`, shrunk to seconds: the whole path runs (meta-train through the CLI,
+"""`python -m metaseg.jobs.demo`, shrunk to seconds: the whole path runs (meta-train through the CLI,
 best-on-validation checkpoint, held-out task, baselines, overlays) and the output folder rules hold.
 The full demo's numbers and wall time are in docs/training.md."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from metaseg.demo import MARKER, main
+from metaseg.jobs.demo import MARKER, main
 
 TINY = ["--episodes", "1", "--long-steps", "3", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
         "--trainer.enable_progress_bar", "false", "--data.image_size", "32", "--data.val_episodes", "1",

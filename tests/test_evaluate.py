@@ -10,7 +10,7 @@ import torch
 
 from metaseg.cli import main as cli_main
 from metaseg.data.synthetic import make_synthetic_task
-from metaseg.evaluate import EpisodeResult, evaluate_method, run_evaluate, summarise
+from metaseg.jobs.evaluate import EpisodeResult, evaluate_method, run_evaluate, summarise
 from tests.test_adapt import SIZES, make_dataset
 from tests.test_training import run_tiny
 

@@ -202,9 +202,9 @@ def test_dihedral_augmentation_gives_exact_views_that_the_cache_reuses(blobs):
 def test_meta_train_adapt_and_evaluate_end_to_end(tmp_path, monkeypatch):
     """metaseg meta-train on medsam_lite saves only the trainable tensors + the base's hash, and
     the checkpoint then serves `metaseg adapt` (masks at original size) and `evaluate`."""
-    from metaseg.adapt import run_adapt
+    from metaseg.jobs.adapt import run_adapt
     from metaseg.checkpoints import load_module, read_checkpoint
-    from metaseg.evaluate import run_evaluate
+    from metaseg.jobs.evaluate import run_evaluate
     from tests.test_adapt import SIZES, make_dataset
     from tests.test_training import run_tiny
 

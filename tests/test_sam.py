@@ -271,7 +271,6 @@ def episode():
 
 
 def sam_learner(algorithm: str, **options):
-    import metaseg.meta.sam_adapter  # noqa: F401  (registers the alias until metaseg.meta.learners imports it)
     from metaseg.meta import create_learner
 
     return create_learner("sam_adapter", algorithm=algorithm, inner_optimizer="adam", inner_lr=0.01, **options)
@@ -326,7 +325,6 @@ def test_sam_adapter_alias_checks_algorithm_and_model(episode):
 def test_meta_train_demo_config_saves_trainable_only_checkpoint_that_refuses_another_base(tmp_path, monkeypatch):
     if not (REPO / "metaseg" / "commands" / "train.py").is_file():
         pytest.skip("metaseg meta-train (metaseg/commands/train.py, helper 'train') is not there yet")
-    import metaseg.meta.sam_adapter  # noqa: F401
     from metaseg.checkpoints import load_module
     from metaseg.commands.train import run_argv
 

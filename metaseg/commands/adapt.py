@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metaseg.adapt import run_adapt
+    from metaseg.jobs.adapt import run_adapt
 
     run_adapt(
         checkpoint=args.checkpoint, support=args.support, images=args.images, out=args.out, shots=args.shots,

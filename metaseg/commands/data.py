@@ -1,4 +1,4 @@
-"""`metaseg data check|list` (and `sample`, registered by metaseg.data.sample_cli when present)."""
+"""`metaseg data check|list` (`sample` lives in metaseg.commands.data_sample)."""
 from __future__ import annotations
 
 import argparse
@@ -58,14 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lst = sub.add_parser("list", help="show the known dataset layouts")
     lst.set_defaults(func=run_list)
 
-    # --- hook: `metaseg data sample` is owned by helper "episodes" (metaseg/data/sample_cli.py) ---
-    try:
-        from metaseg.data.sample_cli import add_sample_parser
-    except ModuleNotFoundError as exc:
-        if exc.name != "metaseg.data.sample_cli":
-            raise
-    else:
-        add_sample_parser(sub)
+    from metaseg.commands.data_sample import add_sample_parser
+
+    add_sample_parser(sub)
 
 
 def run_check(args: argparse.Namespace) -> int:

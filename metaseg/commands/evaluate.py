@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metaseg.evaluate import run_evaluate
+    from metaseg.jobs.evaluate import run_evaluate
 
     run_evaluate(
         checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, shots=args.shots, episodes=args.episodes,

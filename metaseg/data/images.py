@@ -12,40 +12,16 @@ Masks -> uint8 (H, W) in {0, 1} (see `binarise` for the exact rules).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from metaseg.data.types import Pair
+from metaseg.data.types import Decoded, Pair, PairError
 from metaseg.errors import MetasegError
 
 LOSSY_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
-
-
-class PairError(MetasegError):
-    """A problem with one (image, mask) pair; `kind` groups problems in `metaseg data check`."""
-
-    def __init__(self, kind: str, file: Path | str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.file = str(file)
-
-
-@dataclass
-class Decoded:
-    """One validated pair: image (H, W, C) uint8, mask (H, W) uint8 in {0, 1}, and how it was converted."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    mask_rule: str
-    notes: tuple[str, ...] = ()
-
-    @property
-    def channels(self) -> int:
-        return int(self.image.shape[2])
 
 
 def _unreadable(path: Path, reason: object) -> PairError:

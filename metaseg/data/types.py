@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaseg.errors import MetasegError
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -21,6 +23,29 @@ class Pair:
     image: Path
     mask: Path | None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+class PairError(MetasegError):
+    """A problem with one (image, mask) pair; `kind` groups problems in `metaseg data check`."""
+
+    def __init__(self, kind: str, file: Path | str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.file = str(file)
+
+
+@dataclass
+class Decoded:
+    """One validated pair: image (H, W, C) uint8, mask (H, W) uint8 in {0, 1}, and how it was converted."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    mask_rule: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return int(self.image.shape[2])
 
 
 @dataclass

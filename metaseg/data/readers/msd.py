@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metaseg.data.types import Pair
+from metaseg.data.types import Decoded, Pair, PairError
 from metaseg.errors import MetasegError
 
 AXIS_NAMES = "xyz"
@@ -101,8 +101,6 @@ def msd(
 
 def decode_slice(pair: Pair):
     """One slice as a `Decoded` pair (image (H, W, 1) uint8, mask {0, 1})."""
-    from metaseg.data.images import Decoded, PairError
-
     if pair.mask is None:
         raise PairError("missing mask", pair.image, f"missing label volume for {pair.image}")
     m = pair.meta

@@ -1,4 +1,4 @@
-"""`python -m metaseg.demo` (`make demo`): meta-train on built-in synthetic tasks, then adapt to a
+"""`python -m metaseg.jobs.demo` (`make demo`): meta-train on built-in synthetic tasks, then adapt to a
 held-out synthetic task from 5 labelled images and compare with training from scratch.
 
 It runs the same code path as `metaseg meta-train --config experiments/demo.yaml` (LightningCLI,
@@ -38,13 +38,13 @@ def prepare_demo_out(out: Path, overwrite: bool) -> Path:
             raise MetasegError(f"--out {out} is not empty and was not written by the demo; pass --overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by python -m metaseg.demo; rerunning the demo replaces this folder\n")
+    (out / MARKER).write_text("written by python -m metaseg.jobs.demo; rerunning the demo replaces this folder\n")
     return out
 
 
 def write_overlays(out: Path, method: str, model: Any, learner: Any, episode: Any, steps: int | None) -> list[np.ndarray]:
     """Overlays of one episode's query predictions; returns them for the comparison grid."""
-    from metaseg.adapt import overlay
+    from metaseg.jobs.adapt import overlay
 
     with torch.enable_grad():
         fast = learner.adapt(model, episode.support_x, episode.support_y, steps=steps)
@@ -85,7 +85,7 @@ def save_grid(path: Path, rows: dict[str, list[np.ndarray]], scores: dict[str, f
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metaseg.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m metaseg.jobs.demo", description=__doc__.splitlines()[0])
     # not runs/demo itself: `metaseg meta-train --config experiments/demo.yaml` keeps its versions there
     parser.add_argument("--out", default="runs/demo/quick", help="output folder (default runs/demo/quick, replaced on each run)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing a non-empty folder the demo did not write")
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from metaseg.training.fit import meta_train
     from metaseg.data.episodes import EpisodeSampler
     from metaseg.data.tasks import TaskSpec, load_spec
-    from metaseg.evaluate import build_method, evaluate_method, summarise
+    from metaseg.jobs.evaluate import build_method, evaluate_method, summarise
 
     import torch
 

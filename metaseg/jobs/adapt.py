@@ -131,7 +131,7 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
 
 def build_adapter(checkpoint: str | None, seed: int, steps: int | None, device: torch.device) -> tuple[nn.Module, nn.Module, str, dict]:
     """Checkpoint -> its model and learner; no checkpoint -> the scratch baseline (random init, fine-tuned)."""
-    from metaseg.evaluate import build_method
+    from metaseg.jobs.evaluate import build_method
 
     return build_method(checkpoint, None, seed, steps, device=device)
 
