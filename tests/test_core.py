@@ -58,13 +58,52 @@ def test_hvp_equals_full_hessian_product(method):
     torch.testing.assert_close(torch.cat([hv[n].flatten() for n in params]), hessian @ v)
 
 
-def test_conjugate_gradient_solves_spd_system():
-    a = torch.randn(6, 6, dtype=torch.float64)
-    a = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)
-    b = {"x": torch.randn(6, dtype=torch.float64)}
-    x, residual = core.conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=6)
-    torch.testing.assert_close(x["x"], torch.linalg.solve(a, b["x"]))
-    assert residual < 1e-8
+def _spd_system(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, dtype=torch.float64, generator=gen)
+    return a @ a.T + n * torch.eye(n, dtype=torch.float64), {"x": torch.randn(n, dtype=torch.float64, generator=gen)}
+
+
+class CountingMatvec:
+    """A·v that counts how often it is called (each call is one Hessian-vector product in iMAML)."""
+
+    def __init__(self, a: torch.Tensor):
+        self.a, self.calls = a, 0
+
+    def __call__(self, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        return {"x": self.a @ v["x"]}
+
+
+def test_conjugate_gradient_solves_spd_system_with_one_product_per_step():
+    a, b = _spd_system()
+    matvec = CountingMatvec(a)
+    result = core.conjugate_gradient(matvec, b, steps=6)
+    torch.testing.assert_close(result.x["x"], torch.linalg.solve(a, b["x"]))
+    true_residual = float(torch.linalg.norm(b["x"] - a @ result.x["x"]) / torch.linalg.norm(b["x"]))
+    assert result.residual < 1e-8 and true_residual < 1e-8
+    assert (matvec.calls, result.matvecs, result.steps) == (6, 6, 6)  # no extra product for the residual
+    assert not result.negative_curvature
+
+
+def test_conjugate_gradient_stops_and_reports_negative_curvature():
+    a = torch.diag(torch.tensor([1.0, -3.0], dtype=torch.float64))
+    b = {"x": torch.tensor([1.0, 1.0], dtype=torch.float64)}  # bᵀAb = -2 < 0: the first direction
+    result = core.conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=5)
+    assert result.negative_curvature and result.steps == 0
+    assert torch.equal(result.x["x"], torch.zeros(2, dtype=torch.float64))  # the iterate before that direction
+    assert result.residual == pytest.approx(1.0)
+
+
+def test_conjugate_gradient_warm_start_converges_in_fewer_steps():
+    a, b = _spd_system(n=12, seed=1)
+    exact = torch.linalg.solve(a, b["x"])
+    near = {"x": exact + 1e-3 * torch.randn(12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))}
+    cold = core.conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=50, tol=1e-6)
+    warm = core.conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=50, tol=1e-6, x0=near)
+    assert cold.residual < 1e-6 and warm.residual < 1e-6
+    assert warm.steps < cold.steps
+    torch.testing.assert_close(warm.x["x"], exact, rtol=1e-5, atol=1e-6)
 
 
 def test_learner_options_are_validated_with_one_line_errors():

@@ -132,54 +132,15 @@ def inner_step(
 def _checkpointed_step(
     loss_fn: LossFn, params: Params, lr: LearningRate, optimizer: str, state: AdamState | None
 ) -> tuple[Params, AdamState | None, torch.Tensor]:
-    """A second-order inner step under torch.utils.checkpoint: the step's double-backward graph
-    is not stored but recomputed during the outer backward. The reentrant variant is used
-    because the step itself calls torch.autograd.grad, which the non-reentrant variant's
-    saved-tensor hooks do not allow; inputs and outputs are therefore flat tensor tuples."""
-    names = list(params)
-    lr_names = sorted(lr) if isinstance(lr, dict) else []
-    lr_tensor = isinstance(lr, torch.Tensor)
-    state_n = 0 if state is None else len(names)
-
-    def run(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # Forward pass (grad disabled by checkpoint): work on detached leaves and return detached
-        # outputs so no graph is kept. Recompute pass (grad enabled): build the graph from `flat`.
-        recompute = torch.is_grad_enabled()
-        if not recompute:
-            flat = tuple(t.detach().requires_grad_(t.requires_grad) for t in flat)
-        with torch.enable_grad():
-            p = dict(zip(names, flat[: len(names)]))
-            rest = flat[len(names):]
-            st = state
-            if state is not None:
-                st = AdamState(state.betas, state.eps, state.step,
-                               dict(zip(names, rest[:state_n])) if state.m else {},
-                               dict(zip(names, rest[state_n: 2 * state_n])) if state.v else {})
-                rest = rest[2 * state_n if state.m else 0:]
-            step_lr: LearningRate = dict(zip(lr_names, rest)) if lr_names else (rest[0] if lr_tensor else lr)
-            new, st, loss = inner_step(loss_fn, p, step_lr, optimizer, st, second_order=True)
-            out = [new[n] for n in names]
-            if st is not None:
-                out += [st.m[n] for n in names] + [st.v[n] for n in names]
-            if not recompute:
-                out = [t.detach() for t in out]
-            return (*out, loss)
-
-    flat = [params[n] for n in names]
-    if state is not None and state.m:
-        flat += [state.m[n] for n in names] + [state.v[n] for n in names]
-    if lr_names:
-        flat += [lr[n] for n in lr_names]
-    elif lr_tensor:
-        flat.append(lr)
-    out = torch.utils.checkpoint.checkpoint(run, *flat, use_reentrant=False)
-    new = dict(zip(names, out[: len(names)]))
-    new_state_ = None  # (not `state =`: `run` closes over `state` and is re-run in the backward)
-    if state is not None:
-        k = len(names)
-        new_state_ = AdamState(state.betas, state.eps, state.step + 1,
-                               dict(zip(names, out[k: 2 * k])), dict(zip(names, out[2 * k: 3 * k])))
-    return new, new_state_, out[-1].detach()
+    """A second-order inner step under the non-reentrant torch.utils.checkpoint
+    (use_reentrant=False): the step runs once with grad enabled, but the tensors its
+    double-backward graph would save are dropped and recomputed by re-running the step during the
+    outer backward. This variant is the one that allows torch.autograd.grad inside the checkpointed
+    function and takes dicts and dataclasses as they are (the reentrant one needs flat tensor
+    tuples and runs the forward without grad)."""
+    new, state, loss = torch.utils.checkpoint.checkpoint(
+        inner_step, loss_fn, params, lr, optimizer, state, True, use_reentrant=False)
+    return new, state, loss
 
 
 def inner_loop(
@@ -245,25 +206,55 @@ def dot(a: Params, b: Params) -> torch.Tensor:
     return sum((a[n] * b[n]).sum() for n in a)
 
 
-def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int, tol: float = 0.0) -> tuple[Params, float]:
-    """Solve A x = b for symmetric A from x = 0; returns (x, relative residual ‖b - A x‖ / ‖b‖)."""
-    x = {n: torch.zeros_like(t) for n, t in b.items()}
-    r = {n: t.clone() for n, t in b.items()}
-    d = {n: t.clone() for n, t in b.items()}
+@dataclass
+class CGResult:
+    """What a conjugate-gradient solve found: `x`, the relative residual ‖b − A x‖ / ‖b‖ (the
+    recursive one CG tracks, not recomputed), the iterations and products A·v it spent, and
+    whether it stopped on a direction with pᵀAp ≤ 0 (A is not positive definite there: `x` is the
+    iterate before that direction, and the caller should say so)."""
+
+    x: Params
+    residual: float
+    steps: int
+    matvecs: int
+    negative_curvature: bool = False
+
+
+def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int, tol: float = 0.0,
+                       x0: Params | None = None) -> CGResult:
+    """Solve A x = b for symmetric positive-definite A by at most `steps` CG iterations, from `x0`
+    (a warm start, e.g. the previous solve's x; one extra product for its residual) or from 0.
+    Stops early when the relative residual is below `tol` or when pᵀAp ≤ 0."""
+    if x0 is None:
+        x = {n: torch.zeros_like(t) for n, t in b.items()}
+        r = {n: t.clone() for n, t in b.items()}
+        matvecs = 0
+    else:
+        x = {n: x0[n].detach().clone() for n in b}
+        ax = matvec(x)
+        r = {n: b[n] - ax[n] for n in b}
+        matvecs = 1
+    d = {n: t.clone() for n, t in r.items()}
     b_norm = dot(b, b).sqrt().clamp_min(1e-30)
     rr = dot(r, r)
-    for _ in range(steps):
+    done, negative = 0, False
+    while done < steps:
         if rr == 0 or (tol > 0 and rr.sqrt() / b_norm < tol):
             break
         ad = matvec(d)
-        alpha = rr / dot(d, ad)
+        matvecs += 1
+        curvature = dot(d, ad)
+        if curvature <= 0:
+            negative = True
+            break
+        alpha = rr / curvature
         x = {n: x[n] + alpha * d[n] for n in x}
         r = {n: r[n] - alpha * ad[n] for n in r}
         rr_new = dot(r, r)
         d = {n: r[n] + (rr_new / rr) * d[n] for n in d}
         rr = rr_new
-    residual = {n: b[n] - t for n, t in matvec(x).items()}
-    return x, float(dot(residual, residual).sqrt() / b_norm)
+        done += 1
+    return CGResult(x, float(rr.sqrt() / b_norm), done, matvecs, negative)
 
 
 # ------------------------------------------------------------------------------- Meta-SGD

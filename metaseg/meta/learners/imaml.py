@@ -6,7 +6,8 @@ At the solution dφ/dθ = (I + H/λ)⁻¹ with H the Hessian of the support loss
 proximal term) at φ, so the meta-gradient is v = (I + H/λ)⁻¹ ∇_φ L_query(φ), found by
 `cg_steps` of conjugate gradient. Nothing is differentiated through the inner loop, so memory
 does not grow with inner_steps. `damping` adds δ·I to the system, (1 + δ) I + H/λ, which keeps
-CG stable when H has large negative curvature; `cg_residual` (relative) is reported."""
+CG stable when H has large negative curvature; `cg_residual` (relative) is reported, and
+`cg_negative_curvature` is 1 when CG met pᵀAp ≤ 0 and stopped there (raise damping or λ)."""
 from __future__ import annotations
 
 import torch
@@ -47,8 +48,8 @@ class IMAML(InnerLoopLearner):
                                            self.inner_lr, self.inner_optimizer, second_order=False, tol=self.inner_tol)
         return core.detached(fast), losses
 
-    def implicit_gradient(self, model: nn.Module, episode: Episode, fast: core.Params) -> tuple[core.Params, float, float]:
-        """(I(1+δ) + H/λ)⁻¹ ∇_φ L_query(φ) by CG; returns (v, query loss, relative CG residual)."""
+    def implicit_gradient(self, model: nn.Module, episode: Episode, fast: core.Params) -> tuple[core.Params, float, core.CGResult]:
+        """(I(1+δ) + H/λ)⁻¹ ∇_φ L_query(φ) by CG; returns (v, query loss, the CG result)."""
         at = core.detached(fast, requires_grad=True)
         with torch.enable_grad():
             query_loss = bce_dice_loss(core.forward(model, at, episode.query_x), episode.query_y)
@@ -60,16 +61,16 @@ class IMAML(InnerLoopLearner):
             hv = hvp(v)
             return {n: scale_i * v[n] + inv_lam * hv[n] for n in v}
 
-        v, residual = core.conjugate_gradient(matvec, g_query, self.cg_steps, self.cg_tol)
-        return v, float(query_loss.detach()), residual
+        cg = core.conjugate_gradient(matvec, g_query, self.cg_steps, self.cg_tol)
+        return cg.x, float(query_loss.detach()), cg
 
     def meta_backward(self, model: nn.Module, episode: Episode, scale: float = 1.0) -> dict[str, float]:
         fast, losses = self.solve_inner(model, episode.support_x, episode.support_y)
-        v, query_loss, residual = self.implicit_gradient(model, episode, fast)
+        v, query_loss, cg = self.implicit_gradient(model, episode, fast)
         theta = core.trainable_params(model)
         core.add_grads(list(theta.values()), [v[n] for n in theta], scale)
         if not losses:
             with torch.no_grad():
                 losses = [float(support_loss(model, episode.support_x, episode.support_y)(theta))]
         return {"query_loss": query_loss, "support_loss": losses[0], "support_loss_last_step": losses[-1],
-                "cg_residual": residual}
+                "cg_residual": cg.residual, "cg_negative_curvature": float(cg.negative_curvature)}
