@@ -90,9 +90,15 @@ def test_conjugate_gradient_stops_and_reports_negative_curvature():
     a = torch.diag(torch.tensor([1.0, -3.0], dtype=torch.float64))
     b = {"x": torch.tensor([1.0, 1.0], dtype=torch.float64)}  # bᵀAb = -2 < 0: the first direction
     result = core.conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=5)
-    assert result.negative_curvature and result.steps == 0
-    assert torch.equal(result.x["x"], torch.zeros(2, dtype=torch.float64))  # the iterate before that direction
-    assert result.residual == pytest.approx(1.0)
+    assert result.negative_curvature and result.steps == 0 and result.matvecs == 1
+    assert torch.equal(result.x["x"], b["x"])  # first direction: A taken as I (truncated Newton), not -b/2
+    assert result.residual == pytest.approx(float(torch.linalg.norm(b["x"] - a @ b["x"]) / 2**0.5))
+    # later on, the iterate before the bad direction is kept: A = diag(1, 1, -3) from b = (1, 1, 0.1)
+    a3 = torch.diag(torch.tensor([1.0, 1.0, -3.0], dtype=torch.float64))
+    b3 = {"x": torch.tensor([1.0, 1.0, 0.1], dtype=torch.float64)}
+    result = core.conjugate_gradient(lambda v: {"x": a3 @ v["x"]}, b3, steps=5)
+    assert result.negative_curvature and result.steps == 1
+    assert torch.isfinite(result.x["x"]).all() and float(result.x["x"][:2].sum()) > 0
 
 
 def test_conjugate_gradient_warm_start_converges_in_fewer_steps():

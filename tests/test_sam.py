@@ -321,6 +321,19 @@ def test_sam_adapter_alias_checks_algorithm_and_model(episode):
         learner.adapt(unet, episode.support_x, episode.support_y)
 
 
+def test_sam_adapter_setup_creates_the_inner_meta_sgd_lrs_with_the_module():
+    """MetaSegModule calls learner.setup(model) before any optimiser exists: the Meta-SGD lrs of
+    sam_adapter must be there (in the state dict) then, not appear in configure_optimizers."""
+    from metaseg.training.module import MetaSegModule
+
+    module = MetaSegModule(model={"kind": "sam", "variant": "tiny"},
+                           learner={"name": "sam_adapter", "algorithm": "maml", "meta_sgd": True, "meta_sgd_per": "tensor"})
+    lrs = [k for k in module.state_dict() if k.startswith("learner.inner.lrs.")]
+    trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
+    assert len(lrs) == len(trainable) > 0
+    assert {id(p) for p in module.learner.inner.lrs.parameters()} <= {id(p) for p in module.learner.meta_parameters(module.model)}
+
+
 # ----------------------------------------------------------------------------- meta-train command
 def test_meta_train_demo_config_saves_trainable_only_checkpoint_that_refuses_another_base(tmp_path, monkeypatch):
     if not (REPO / "metaseg" / "commands" / "train.py").is_file():

@@ -211,7 +211,8 @@ class CGResult:
     """What a conjugate-gradient solve found: `x`, the relative residual ‖b − A x‖ / ‖b‖ (the
     recursive one CG tracks, not recomputed), the iterations and products A·v it spent, and
     whether it stopped on a direction with pᵀAp ≤ 0 (A is not positive definite there: `x` is the
-    iterate before that direction, and the caller should say so)."""
+    iterate before that direction, or b itself when it was the first one from x = 0, the
+    truncated-Newton convention; the caller should say so)."""
 
     x: Params
     residual: float
@@ -246,6 +247,10 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
         curvature = dot(d, ad)
         if curvature <= 0:
             negative = True
+            if done == 0 and x0 is None:  # truncated-Newton convention: A taken as I, x = b
+                x = {n: t.clone() for n, t in b.items()}
+                r = {n: b[n] - ad[n] for n in b}
+                rr = dot(r, r)
             break
         alpha = rr / curvature
         x = {n: x[n] + alpha * d[n] for n in x}

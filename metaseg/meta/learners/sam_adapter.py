@@ -41,6 +41,12 @@ class SamAdapter(MetaLearner):
         self.algorithm = algorithm
         self.inner = create_learner(algorithm, **options)
 
+    def setup(self, model: nn.Module) -> None:
+        """The inner learner's model-shaped meta-parameters (Meta-SGD lrs) are created here, with
+        the model, so the outer optimiser and DDP see them from the start."""
+        check_sam(model)
+        self.inner.setup(model)
+
     def adapt(self, model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> dict[str, torch.Tensor]:
         check_sam(model)
         return self.inner.adapt(model, support_x, support_y, steps=steps)
