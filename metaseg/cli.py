@@ -40,6 +40,20 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def add_unavailable(sub: argparse._SubParsersAction, name: str, module: str, exc: BaseException) -> None:
+    """A subcommand whose module failed to import stays listed and says why in one line when run
+    (argparse would otherwise call it an invalid choice)."""
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    parser = sub.add_parser(name, help=f"(unavailable: {reason})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def fail(args: argparse.Namespace) -> int:
+        raise MetasegError(f"{name}: unavailable, importing {module} failed ({reason})")
+
+    parser.set_defaults(func=fail)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -56,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, mod in SUBCOMMANDS.items():
         try:
             modules[name] = importlib.import_module(f"metaseg.commands.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"metaseg.commands.{mod}":
-                raise
+        except Exception as exc:  # noqa: BLE001 - any import failure: the other commands still work
+            add_unavailable(sub, name, f"metaseg.commands.{mod}", exc)
             continue
         modules[name].add_parser(sub)
     # meta-train hands its arguments to LightningCLI untouched
