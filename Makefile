@@ -10,10 +10,16 @@ ARGS   ?=
 
 install: $(STAMP)
 
+# The exact torch the project is developed and measured with; setup.cfg only asks for a compatible
+# range so metaseg installs beside other torch versions. torchvision is no dependency of metaseg
+# (segmentation-models-pytorch pulls it in): pinned here so it matches this torch.
+PINS   := torch==2.14.1 torchvision==0.29.1
+
 $(STAMP): setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q $(PINS)
+	$(PY) -m pip install -q -e ".[dev]" $(PINS)
 	touch $(STAMP)
 
 # Optional comparison peers (higher, torchopt, learn2learn built from its sdist): never core dependencies.
