@@ -24,7 +24,7 @@ import torch
 
 from metaseg.errors import MetasegError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # metaseg/jobs/demo.py -> the checkout
 DEFAULT_CONFIG = REPO / "experiments" / "demo.yaml"
 MARKER = ".metaseg-demo"
 
