@@ -159,18 +159,15 @@ def _check_adaptation(adaptation: Any, where: str, required: bool = False) -> No
 
 
 def _check_learner(cfg: dict[str, Any], method: str, where: str) -> None:
-    """Build the method's learner (cheap: no network) so that a misspelt option fails when the
-    configuration is read, in one line, not hours later when its part runs."""
-    from metaseg.meta import create_learner
+    """Check the method's learner and network options against their factories (metaseg.registry,
+    as `metaseg meta-train` does) and build the learner (cheap: no network), so that a misspelt or
+    ill-typed option fails when the configuration is read, in one line, not hours later."""
+    from metaseg.registry import LEARNER_REGISTRY, MODEL_REGISTRY
 
     options = learner_config(cfg, method)
-    name = options.pop("name")
-    try:
-        create_learner(name, **options)
-    except TypeError as exc:
-        params = inspect.signature(learner_class(cfg, method)).parameters
-        accepted = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD]
-        raise MetasegError(f"{where}: {exc} (learner {name!r} takes {accepted})") from None
+    LEARNER_REGISTRY.build(options["name"], options, where)
+    network = method_fragment(cfg, method)["model"].get("model") or {"kind": "unet"}
+    MODEL_REGISTRY.check(network.get("kind", "unet"), network, where.rsplit(".", 1)[0] + ".model")
 
 
 def method_fingerprint(cfg: dict[str, Any], method: str, device: str) -> str:
@@ -209,7 +206,7 @@ def learner_class(cfg: dict[str, Any], method: str) -> type:
     knows what to meta-train and which shared options the learner takes."""
     from metaseg.meta import learner_class as registered
 
-    return registered(method_learner(cfg, method)["name"], option=f"methods.{method}.model.learner.name")
+    return registered(method_learner(cfg, method)["name"], where=f"methods.{method}.model.learner")
 
 
 def meta_trained(cfg: dict[str, Any], method: str) -> bool:
@@ -224,8 +221,10 @@ def meta_trained(cfg: dict[str, Any], method: str) -> bool:
 def learner_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
     """The method's learner options plus its inner optimiser/lr from its adaptation budget
     (scratch: transfer's), the latter only for learners that take them (support_prior has no inner loop)."""
+    from metaseg.registry import LEARNER_REGISTRY
+
     learner = method_learner(cfg, method)
-    accepted = inspect.signature(learner_class(cfg, method)).parameters
+    accepted = LEARNER_REGISTRY.options(learner["name"], f"methods.{method}.model.learner")
     budget = adaptation(cfg, method)
     for key in SHARED_LEARNER_OPTIONS:
         if key in budget and key in accepted:

@@ -40,7 +40,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metaseg.errors import MetasegError
-from metaseg.models import register_model
 from metaseg.models.lora import inject_lora
 from metaseg.models.sam import SamSegmenter, file_sha256, read_sam_checkpoint, train_single_mask_decoder
 from metaseg.models.unet import adapt_channels
@@ -289,7 +288,6 @@ def boxes_from_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float32, device=masks.device)
 
 
-@register_model("medsam_lite")
 def create_medsam_lite(
     image_size: int = 128,
     checkpoint: str | None = None,

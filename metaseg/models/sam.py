@@ -32,7 +32,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metaseg.errors import MetasegError
-from metaseg.models import register_model
 from metaseg.models.lora import inject_lora
 from metaseg.models.unet import adapt_channels
 
@@ -304,7 +303,6 @@ def train_single_mask_decoder(decoder: nn.Module) -> None:
         mlp.requires_grad_(False)
 
 
-@register_model("sam")
 def create_sam(
     variant: str = "tiny",
     checkpoint: str | None = None,

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 
 from metaseg.errors import MetasegError
-from metaseg.models import register_model
 
 
 def _groups_for(channels: int, max_groups: int = 8) -> int:
@@ -64,7 +63,6 @@ def adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise MetasegError(f"model.in_channels={channels} cannot take images with {c} channels")
 
 
-@register_model("unet")
 def create_unet(
     encoder_name: str = "resnet18",
     encoder_depth: int = 3,

@@ -47,6 +47,13 @@ def _make_cli_class():
                 "checkpoint.filename": "best",  # a stable path to hand to adapt/evaluate; the score is printed
             })
 
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            from metaseg.training.module import check_options
+
+            # misspelt or ill-typed learner/model options: one line, before seeding or reading data
+            check_options(self.config.model.get("model"), self.config.model.get("learner"))
+
         def before_instantiate_classes(self) -> None:
             config = self.config
             name = config.get("experiment") or _config_stem(config.get("config")) or "metaseg"
@@ -110,6 +117,9 @@ def meta_train(args: Sequence[str] | Mapping[str, Any], parser_kwargs: Mapping[s
 
     cli_class = _make_cli_class()
     args = dict(args) if isinstance(args, Mapping) else list(args)
+    parser_kwargs = {**(parser_kwargs or {})}
+    if isinstance(args, list) and {"-h", "--help"} & set(args):  # listing them imports every factory
+        parser_kwargs.update(epilog=options_help_epilog(), formatter_class=_help_formatter())
     try:
         cli = cli_class(
             MetaSegModule,
@@ -118,12 +128,31 @@ def meta_train(args: Sequence[str] | Mapping[str, Any], parser_kwargs: Mapping[s
             args=args,
             seed_everything_default=0,
             trainer_defaults={"inference_mode": False},  # meta-validation adapts, which needs autograd
-            parser_kwargs={"exit_on_error": False, "prog": "metaseg meta-train", **(parser_kwargs or {})},
+            parser_kwargs={"exit_on_error": False, "prog": "metaseg meta-train", **parser_kwargs},
             save_config_kwargs={"overwrite": True},
         )
     except argparse.ArgumentError as exc:
         raise MetasegError(f"meta-train: {_one_line(str(exc))}") from None
     return fit_and_test(cli)
+
+
+def options_help_epilog() -> str:
+    """`--help`'s closing section: every learner and model with its options, types and defaults
+    (read from the factories' signatures, the same source that checks a config)."""
+    from metaseg.registry import options_help
+
+    return options_help()
+
+
+def _help_formatter() -> type:
+    """jsonargparse's help formatter, keeping the epilog's line breaks (one learner per line)."""
+    from jsonargparse import DefaultHelpFormatter
+
+    class Formatter(DefaultHelpFormatter):
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+
+    return Formatter
 
 
 def fit_and_test(cli: Any) -> dict[str, Any]:

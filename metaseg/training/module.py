@@ -48,6 +48,20 @@ def has_trainable_hook(model: torch.nn.Module) -> bool:
     return all(hasattr(model, m) for m in ("trainable_state_dict", "load_trainable_state_dict", "base_fingerprint"))
 
 
+def check_options(model: Any, learner: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`model.model` and `model.learner` as plain dicts, their names and every option checked
+    against the factories (metaseg.registry) before anything is built: one-line errors."""
+    from metaseg.registry import LEARNER_REGISTRY, MODEL_REGISTRY
+
+    model = plain(dict(model or {"kind": "unet"}), "model.model")
+    learner = plain(dict(learner or {"name": "maml"}), "model.learner")
+    if "name" not in learner:
+        raise MetasegError(f"model.learner: needs a 'name' (one of {', '.join(LEARNER_REGISTRY.names())})")
+    LEARNER_REGISTRY.check(learner["name"], learner, "model.learner")
+    MODEL_REGISTRY.check(model.get("kind", "unet"), model, "model.model")
+    return model, learner
+
+
 class MetaSegModule(pl.LightningModule):
     """Network + learner + outer optimiser; the checkpoint's hyperparameters alone rebuild both."""
 
@@ -64,13 +78,9 @@ class MetaSegModule(pl.LightningModule):
         val_adapt_steps: int | None = None,
     ) -> None:
         super().__init__()
-        from metaseg.meta import create_learner
-        from metaseg.models import create_model
+        from metaseg.registry import LEARNER_REGISTRY, MODEL_REGISTRY
 
-        model = plain(dict(model or {"kind": "unet"}), "model.model")
-        learner = plain(dict(learner or {"name": "maml"}), "model.learner")
-        if "name" not in learner:
-            raise MetasegError("model.learner: needs a 'name' (e.g. maml, fomaml, imaml, transfer)")
+        model, learner = check_options(model, learner)
         if outer_optimizer not in OPTIMIZERS:
             raise MetasegError(f"model.outer_optimizer: unknown {outer_optimizer!r}; known: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
@@ -78,9 +88,8 @@ class MetaSegModule(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         with torch.enable_grad():  # the U-Net factory runs a probe backward pass; callers may be in no_grad
-            self.model = create_model(**model)
-        learner_options = {k: v for k, v in learner.items() if k != "name"}
-        self.learner = create_learner(learner["name"], **learner_options)
+            self.model = MODEL_REGISTRY.build(model.get("kind", "unet"), model, "model.model")
+        self.learner = LEARNER_REGISTRY.build(learner["name"], learner, "model.learner")
         self.learner.setup(self.model)  # model-shaped learner meta-parameters (Meta-SGD lrs) before optimiser/DDP
         self._scores: dict[str, dict[tuple, tuple[list[float], list[float]]]] = {"val": {}, "test": {}}
         self.test_results: dict[str, float] = {}

@@ -1,12 +1,12 @@
-"""What every built-in learner shares: inner-loop options, their validation, test-time
-adaptation without a graph, and prediction under fast weights."""
+"""What every built-in learner shares: inner-loop options and the loss, their validation,
+test-time adaptation without a graph, and prediction under fast weights."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from metaseg.errors import MetasegError
-from metaseg.losses import bce_dice_loss
+from metaseg.losses import resolve_loss
 from metaseg.meta import core
 from metaseg.meta.base import MetaLearner
 
@@ -18,12 +18,17 @@ def check_option(ok: bool, option: str, message: str) -> None:
 
 
 class InnerLoopLearner(MetaLearner):
-    """A learner whose adaptation is `inner_steps` optimiser steps on the support loss."""
+    """A learner whose adaptation is `inner_steps` optimiser steps on the support loss.
+
+    `loss` (inner and outer loop alike): bce_dice (default), bce, dice, focal_dice, or a dotted
+    path `package.module:function` to the user's own (logits, target) -> scalar."""
 
     inner_tol = 0.0  # stop adapting early when the inner objective changes by less (iMAML sets it)
 
-    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, inner_optimizer: str = "sgd"):
+    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, inner_optimizer: str = "sgd", loss: str = "bce_dice"):
         super().__init__()
+        self.loss_fn = resolve_loss(loss)
+        self.loss = loss
         check_option(isinstance(inner_steps, int) and inner_steps >= 0, "inner_steps", f"must be an integer >= 0, got {inner_steps!r}")
         check_option(float(inner_lr) > 0, "inner_lr", f"must be > 0, got {inner_lr!r}")
         check_option(inner_optimizer in core.DIRECTIONS, "inner_optimizer",
@@ -38,7 +43,11 @@ class InnerLoopLearner(MetaLearner):
 
     def adaptation_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, anchor: core.Params) -> core.LossFn:
         """The inner objective at fast weights; `anchor` is θ (iMAML's proximal term uses it)."""
-        return support_loss(model, x, y)
+        return self.support_loss(model, x, y)
+
+    def support_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> core.LossFn:
+        """params -> the configured loss of the model's prediction of `x` against `y`."""
+        return core.loss_at(model, x, y, self.loss_fn)
 
     # -- MetaLearner interface ---------------------------------------------------------------
     def meta_parameters(self, model: nn.Module):
@@ -63,6 +72,3 @@ class InnerLoopLearner(MetaLearner):
     def predict(self, model: nn.Module, fast_params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return core.forward(model, fast_params, x)
 
-
-def support_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> core.LossFn:
-    return core.loss_at(model, x, y, bce_dice_loss)

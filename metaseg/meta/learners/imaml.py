@@ -14,20 +14,18 @@ import torch
 import torch.nn as nn
 
 from metaseg.data.types import Episode
-from metaseg.losses import bce_dice_loss
-from metaseg.meta import core, register_learner
-from metaseg.meta.learners.common import InnerLoopLearner, check_option, support_loss
+from metaseg.meta import core
+from metaseg.meta.learners.common import InnerLoopLearner, check_option
 
 
-@register_learner("imaml")
 class IMAML(InnerLoopLearner):
     """Options: inner_steps, inner_lr, inner_optimizer, inner_tol, lam (λ), cg_steps, cg_tol,
-    damping, hvp ("double_backward" or "jvp")."""
+    damping, hvp ("double_backward" or "jvp"), loss."""
 
     def __init__(self, inner_steps: int = 10, inner_lr: float = 0.1, lam: float = 2.0, cg_steps: int = 5,
                  damping: float = 0.0, inner_tol: float = 0.0, cg_tol: float = 0.0,
-                 inner_optimizer: str = "sgd", hvp: str = "double_backward"):
-        super().__init__(inner_steps, inner_lr, inner_optimizer)
+                 inner_optimizer: str = "sgd", hvp: str = "double_backward", loss: str = "bce_dice"):
+        super().__init__(inner_steps, inner_lr, inner_optimizer, loss)
         check_option(float(lam) > 0, "lam", f"must be > 0, got {lam!r}")
         check_option(isinstance(cg_steps, int) and cg_steps >= 1, "cg_steps", f"must be an integer >= 1, got {cg_steps!r}")
         check_option(float(damping) >= 0, "damping", f"must be >= 0, got {damping!r}")
@@ -36,7 +34,7 @@ class IMAML(InnerLoopLearner):
         self.inner_tol, self.cg_tol, self.hvp = float(inner_tol), float(cg_tol), hvp
 
     def adaptation_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, anchor: core.Params) -> core.LossFn:
-        base = support_loss(model, x, y)
+        base = self.support_loss(model, x, y)
         anchor = core.detached(anchor)
         half_lam = 0.5 * self.lam
         return lambda p: base(p) + half_lam * sum(((p[n] - anchor[n]) ** 2).sum() for n in p)
@@ -52,9 +50,9 @@ class IMAML(InnerLoopLearner):
         """(I(1+δ) + H/λ)⁻¹ ∇_φ L_query(φ) by CG; returns (v, query loss, the CG result)."""
         at = core.detached(fast, requires_grad=True)
         with torch.enable_grad():
-            query_loss = bce_dice_loss(core.forward(model, at, episode.query_x), episode.query_y)
+            query_loss = self.loss_fn(core.forward(model, at, episode.query_x), episode.query_y)
             g_query = core.grads(query_loss, at)
-        hvp = core.HVP_METHODS[self.hvp](support_loss(model, episode.support_x, episode.support_y), fast)
+        hvp = core.HVP_METHODS[self.hvp](self.support_loss(model, episode.support_x, episode.support_y), fast)
         scale_i, inv_lam = 1.0 + self.damping, 1.0 / self.lam
 
         def matvec(v: core.Params) -> core.Params:
@@ -71,6 +69,6 @@ class IMAML(InnerLoopLearner):
         core.add_grads(list(theta.values()), [v[n] for n in theta], scale)
         if not losses:
             with torch.no_grad():
-                losses = [float(support_loss(model, episode.support_x, episode.support_y)(theta))]
+                losses = [float(self.support_loss(model, episode.support_x, episode.support_y)(theta))]
         return {"query_loss": query_loss, "support_loss": losses[0], "support_loss_last_step": losses[-1],
                 "cg_residual": cg.residual, "cg_negative_curvature": float(cg.negative_curvature)}

@@ -9,21 +9,19 @@ import torch
 import torch.nn as nn
 
 from metaseg.data.types import Episode
-from metaseg.losses import bce_dice_loss
-from metaseg.meta import core, register_learner
-from metaseg.meta.learners.common import InnerLoopLearner, check_option, support_loss
+from metaseg.meta import core
+from metaseg.meta.learners.common import InnerLoopLearner, check_option
 
 
-@register_learner("maml")
 class MAML(InnerLoopLearner):
     """Options: inner_steps, inner_lr (initial value when meta_sgd), inner_optimizer ("sgd" or
     "adam"), first_order, checkpoint, meta_sgd, meta_sgd_per ("element": one lr per weight,
-    "tensor": one lr per parameter tensor)."""
+    "tensor": one lr per parameter tensor), loss."""
 
     def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, first_order: bool = False,
                  checkpoint: bool = False, meta_sgd: bool = False, meta_sgd_per: str = "element",
-                 inner_optimizer: str = "sgd"):
-        super().__init__(inner_steps, inner_lr, inner_optimizer)
+                 inner_optimizer: str = "sgd", loss: str = "bce_dice"):
+        super().__init__(inner_steps, inner_lr, inner_optimizer, loss)
         check_option(meta_sgd_per in ("element", "tensor"), "meta_sgd_per", f"must be 'element' or 'tensor', got {meta_sgd_per!r}")
         self.first_order = bool(first_order)
         self.checkpoint = bool(checkpoint)
@@ -46,16 +44,16 @@ class MAML(InnerLoopLearner):
         self.setup(model)
         theta = core.trainable_params(model)
         fast, losses = core.inner_loop(
-            support_loss(model, episode.support_x, episode.support_y), theta, self.inner_steps,
+            self.support_loss(model, episode.support_x, episode.support_y), theta, self.inner_steps,
             self.inner_lrs(model), self.inner_optimizer, second_order=not self.first_order,
             checkpoint=self.checkpoint,
         )
-        query_loss = bce_dice_loss(core.forward(model, fast, episode.query_x), episode.query_y)
+        query_loss = self.loss_fn(core.forward(model, fast, episode.query_x), episode.query_y)
         meta = list(self.meta_parameters(model))
         core.add_grads(meta, torch.autograd.grad(query_loss, meta, allow_unused=True), scale)
         if not losses:  # inner_steps == 0: report the support loss all the same
             with torch.no_grad():
-                losses = [float(support_loss(model, episode.support_x, episode.support_y)(theta))]
+                losses = [float(self.support_loss(model, episode.support_x, episode.support_y)(theta))]
         return {"query_loss": float(query_loss.detach()), "support_loss": losses[0], "support_loss_last_step": losses[-1]}
 
     def _create_lrs_from_state(self, state_dict, prefix, *args) -> None:
@@ -65,11 +63,10 @@ class MAML(InnerLoopLearner):
             self.lrs = nn.ParameterDict({k[len(prefix) + 4:]: nn.Parameter(torch.empty_like(state_dict[k])) for k in keys})
 
 
-@register_learner("fomaml")
 class FOMAML(MAML):
     """MAML with first_order=True (options as MAML's, except first_order and checkpoint)."""
 
     def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, meta_sgd: bool = False,
-                 meta_sgd_per: str = "element", inner_optimizer: str = "sgd"):
+                 meta_sgd_per: str = "element", inner_optimizer: str = "sgd", loss: str = "bce_dice"):
         super().__init__(inner_steps, inner_lr, first_order=True, checkpoint=False, meta_sgd=meta_sgd,
-                         meta_sgd_per=meta_sgd_per, inner_optimizer=inner_optimizer)
+                         meta_sgd_per=meta_sgd_per, inner_optimizer=inner_optimizer, loss=loss)

@@ -15,7 +15,6 @@ import torch.nn as nn
 
 from metaseg.data.types import Episode
 from metaseg.errors import MetasegError
-from metaseg.meta import register_learner
 from metaseg.meta.base import MetaLearner
 
 ALGORITHMS = ("maml", "fomaml", "imaml")
@@ -28,9 +27,10 @@ def check_sam(model: nn.Module) -> None:
         raise MetasegError(f"learner.name=sam_adapter needs model.kind=sam, got a {type(model).__name__}")
 
 
-@register_learner("sam_adapter")
 class SamAdapter(MetaLearner):
     """Delegates to the chosen learner (`algorithm`, with that learner's own options)."""
+
+    options_from = "algorithm"  # metaseg.registry checks the other options against that learner's
 
     def __init__(self, algorithm: str = "imaml", **options: Any) -> None:
         super().__init__()

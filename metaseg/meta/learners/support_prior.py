@@ -14,13 +14,11 @@ import torch.nn as nn
 
 from metaseg.data.types import Episode
 from metaseg.errors import MetasegError
-from metaseg.meta import register_learner
 from metaseg.meta.base import MetaLearner
 
 _EPS = 1e-4  # keeps the logits of an all-0 / all-1 pixel finite
 
 
-@register_learner("support_prior")
 class SupportPrior(MetaLearner):
     """No options: pixels ranked by how many support masks mark them; the top ones, as many as the
     supports' mean foreground area, are foreground."""
