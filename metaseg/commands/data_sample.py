@@ -11,13 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from metaseg.commands.reader_args import add_reader_arguments, reader_options
 from metaseg.errors import MetasegError
 
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `sample` under `metaseg data` (called by metaseg/commands/data.py)."""
-    from metaseg.commands.data import add_reader_arguments
-
     parser = subparsers.add_parser(
         "sample",
         help="print the support/query ids of seeded episodes as JSON lines",
@@ -35,7 +34,6 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from metaseg.commands.data import reader_options
     from metaseg.data.episodes import EpisodeSampler
     from metaseg.data.tasks import SYNTHETIC_PREFIX, TaskSpec, load_spec
 
