@@ -121,7 +121,7 @@ class Registry:
         own = self.options(name, where)
         inner = self.forwarded(name, options, where)
         accepted = dict(own)
-        if inner is not None and inner in self.table:
+        if isinstance(inner, str) and inner in self.table:
             accepted.update({k: v for k, v in self.options(inner, where).items() if k not in own})
         for key, value in options.items():
             if key == self.key:
