@@ -49,10 +49,24 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
 def test_truncated_checkpoint(tmp_path: Path, tiny_ckpt: Path) -> None:
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(tiny_ckpt.read_bytes()[:5000])
-    _one_line_error(broken, "not a readable checkpoint")
+    _one_line_error(broken, "is a zip file but not a readable torch checkpoint (corrupt or truncated)")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"this is not a checkpoint at all")
-    _one_line_error(garbage, "not a readable checkpoint")
+    _one_line_error(garbage, "is not a torch checkpoint")
+
+
+def test_text_file_says_what_it_is_not_without_torch_internals(tmp_path: Path) -> None:
+    """A text file used to be reported as 'corrupt or truncated: pop from empty list' (torch's internals)."""
+    text = tmp_path / "notes.ckpt"
+    text.write_text("epoch 3: val_dice 0.71\n" * 20)
+    message = _one_line_error(text, "is not a torch checkpoint (neither a zip archive nor a pickle file")
+    assert "corrupt" not in message and "pop from" not in message and "KeyError" not in message
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    _one_line_error(empty, "is empty, not a torch checkpoint")
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(pickle.dumps({"state_dict": {}}, protocol=2)[:-3])  # a pickle stream cut short
+    _one_line_error(damaged, "is a pickle file but not a readable torch checkpoint")
 
 
 def test_random_state_dict_and_other_lightning_checkpoint(tmp_path: Path) -> None:
@@ -83,12 +97,16 @@ def test_foreign_pickle_is_refused_without_running_code(tmp_path: Path) -> None:
     evil = tmp_path / "evil.ckpt"
     with open(evil, "wb") as fh:
         pickle.dump({"state_dict": {}, "payload": _Exploit(target)}, fh)
-    _one_line_error(evil, "pickled objects or code")
+    refused = "was refused: it holds code or Python objects"
+    _one_line_error(evil, refused)
     assert not target.exists()
     torch_saved = tmp_path / "evil_torch.ckpt"
     torch.save({"state_dict": {}, "payload": _Exploit(target)}, torch_saved)
-    _one_line_error(torch_saved, "pickled objects or code")
+    message = _one_line_error(torch_saved, refused)
     assert not target.exists()
+    assert "open" in message  # names what it holds ...
+    for advice in ("allowlist", "safe_globals", "weights_only", "trust"):  # ... but never how to load it anyway
+        assert advice not in message.lower(), message
 
 
 def test_cli_reports_bad_checkpoint_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -69,11 +69,9 @@ def read_synth_checkpoint(path: str | Path, what: str = "--checkpoint") -> dict[
         path = path / CHECKPOINT
     if not path.is_file():
         raise MetasegError(f"{what}: no such file {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or truncated files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MetasegError(f"{what}: {path} is not a readable checkpoint ({first})") from None
+    from metaseg.checkpoints import load_weights_only
+
+    ckpt = load_weights_only(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise MetasegError(f"{what}: {path} is not a checkpoint written by `metaseg synth train`")
     if ckpt.get("version") != VERSION:
