@@ -150,3 +150,27 @@ def test_json_report_names_files(capsys, make_pair_folder):
         {"kind": "missing mask", "file": str(root.resolve() / "images" / "case0.png"),
          "message": f"missing mask for image {root.resolve() / 'images' / 'case0.png'}"}
     ]
+
+
+def test_orphans_reported_on_both_sides(capsys, make_pair_folder):
+    """98 pairs + 52 mask files without an image + 2 images without a mask: every orphan is counted and named."""
+    root = make_pair_folder(n=100, size=(8, 8))
+    for i in (98, 99):  # two images lose their mask
+        (root / "masks" / f"case{i}.png").unlink()
+    mask = np.zeros((8, 8), np.uint8)
+    (root / "masks" / "site_b").mkdir()  # orphans in a subfolder the reader follows are found too
+    for i in range(52):
+        folder = root / "masks" / ("site_b" if i % 2 else "")
+        Image.fromarray(mask).save(folder / f"lost{i}_mask.png")
+    Image.fromarray(mask).save(root / "masks" / "case3_2nd_observer.png")  # another annotation of case3: not an orphan
+    rc, out, _ = check(capsys, root, "--fast")
+    assert rc == 1 and "pairs: 100" in out and "missing masks: 2" in out
+    assert "masks without an image (not loaded): 52" in out
+    assert str(root.resolve() / "masks" / "site_b" / "lost1_mask.png") in out and "case3_2nd" not in out
+    rc, out, _ = check(capsys, root, "--json")
+    report = json.loads(out)
+    assert len(report["orphan_masks"]) == 52 and all("lost" in f for f in report["orphan_masks"])
+    (root / "masks" / "case98.png").write_bytes((root / "masks" / "case0.png").read_bytes())
+    (root / "masks" / "case99.png").write_bytes((root / "masks" / "case0.png").read_bytes())
+    rc, out, _ = check(capsys, root, "--fast")  # orphan masks alone do not stop loading (they are ignored)
+    assert rc == 0 and "masks without an image (not loaded): 52" in out and "status: usable" in out

@@ -13,6 +13,7 @@ from typing import Any
 
 from metaseg.data import images as imagesmod
 from metaseg.data.readers import detect_layout, list_pairs
+from metaseg.data.readers._common import image_files
 from metaseg.data.types import Pair
 
 
@@ -31,6 +32,7 @@ class CheckReport:
     n_pairs: int
     decoded: bool
     errors: list[Problem] = field(default_factory=list)
+    orphan_masks: list[str] = field(default_factory=list)
     empty_masks: list[str] = field(default_factory=list)
     mask_rules: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     conversions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -55,6 +57,7 @@ class CheckReport:
             "decoded": self.decoded,
             "usable": self.usable,
             "errors": [vars(e) for e in self.errors],
+            "orphan_masks": self.orphan_masks,
             "empty_masks": self.empty_masks,
             "mask_rules": dict(self.mask_rules),
             "conversions": dict(self.conversions),
@@ -81,11 +84,34 @@ def _check_pair(pair: Pair, report: CheckReport) -> None:
     report.sizes[(w, h)] += 1
 
 
+def orphan_masks(pairs: list[Pair]) -> list[str]:
+    """Files in the mask folders (and their subfolders) that are no pair's mask and belong to no image.
+
+    A file whose stem is an image's stem plus a suffix (`_2ndHO`, `_mask`) is that image's other
+    annotation, not an orphan. Mask folders are those holding at least one paired mask.
+    """
+    masks = {p.mask.resolve() for p in pairs if p.mask is not None}
+    images = {p.image.resolve() for p in pairs}
+    dirs = sorted({m.parent for m in masks})
+    tops = [d for d in dirs if not any(d != o and d.is_relative_to(o) for o in dirs)]
+    stems = {p.image.stem.lower() for p in pairs}
+
+    def has_image(stem: str) -> bool:
+        stem = stem.lower()
+        return stem in stems or any(stem[:i] in stems for i, c in enumerate(stem) if c in "_-.")
+
+    found = (f.resolve() for d in tops for f in image_files(d, recursive=True))
+    return sorted(str(f) for f in found if f not in masks and f not in images and not has_image(f.stem))
+
+
 def check_dataset(root: str | Path, layout: str | None = None, decode: bool = True, **options: Any) -> CheckReport:
-    """List the pairs and (with decode=True) decode every file once; `decode=False` only checks the listing."""
+    """List the pairs and (with decode=True) decode every file once; `decode=False` only checks the listing.
+    Orphans are reported on both sides: images without a mask (errors) and masks without an image."""
     name = layout or detect_layout(root)
     pairs = list_pairs(root, name, **options)
     report = CheckReport(str(Path(root)), name, layout is None, len(pairs), decode)
+    everything = pairs if "category" not in options else list_pairs(root, name, **{k: v for k, v in options.items() if k != "category"})
+    report.orphan_masks = orphan_masks(everything)
     for pair in pairs:
         if pair.mask is None:
             report.errors.append(Problem("missing mask", str(pair.image), f"missing mask for image {pair.image}"))
@@ -112,6 +138,7 @@ def format_report(report: CheckReport, limit: int = 10, size: int | None = None)
     ]
     missing = [e.file for e in report.errors if e.kind == "missing mask"]
     lines += _listing("missing masks", missing, 0)
+    lines += _listing("masks without an image (not loaded)", report.orphan_masks, limit)
     if report.decoded:
         for kind in ("unreadable", "missing file", "size mismatch"):
             lines += [f"{kind}: {sum(e.kind == kind for e in report.errors)}"]
