@@ -51,7 +51,7 @@ def test_evaluate_writes_csv_and_summary_on_disjoint_episodes(tmp_path: Path, ti
 def test_scratch_baseline_sees_the_same_episodes(tmp_path: Path, tiny_ckpt: Path, capsys: pytest.CaptureFixture) -> None:
     """`--checkpoint none` is the scratch baseline; the same seed gives the same supports as the checkpoint's run."""
     args = ["--dataset", "synthetic:rings", "--shots", "2", "--episodes", "2", "--queries", "3", "--seed", "3",
-            "--steps", "2", "--size", "32"]
+            "--steps", "2", "--size", "32", "--allow-seen"]  # rings is the checkpoint's meta-validation task
     assert cli_main(["evaluate", "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "a"), *args]) == 0
     assert cli_main(["evaluate", "--checkpoint", "none", "--out", str(tmp_path / "b"), *args]) == 0
     a, b = read_csv(tmp_path / "a" / "episodes.csv"), read_csv(tmp_path / "b" / "episodes.csv")
@@ -64,8 +64,10 @@ def test_scratch_baseline_sees_the_same_episodes(tmp_path: Path, tiny_ckpt: Path
 
 def test_evaluate_a_dataset_folder(tmp_path: Path, tiny_ckpt: Path) -> None:
     root = make_dataset(tmp_path / "ds", SIZES * 2, seed=4)
+    # allow_seen: at thumbnail scale these ellipses on noise look like the bright_ellipse training family
+    # (near-duplicates by perceptual hash; tests/test_seen.py covers the refusal)
     rows = run_evaluate(str(tiny_ckpt), str(root), tmp_path / "out", shots=[2], episodes=2, steps=1, queries=5,
-                        cache_dir=str(tmp_path / "cache"), echo=lambda s: None)
+                        cache_dir=str(tmp_path / "cache"), echo=lambda s: None, allow_seen=True)
     assert rows[0]["images"] == 10 and 0.0 <= rows[0]["dice"] <= 1.0
 
 

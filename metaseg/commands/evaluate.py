@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", help="where decoded datasets are cached")
     parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--allow-seen", action="store_true",
+                        help="score images the checkpoint was meta-trained or meta-validated on (refused by default; "
+                             "the summary then says how many query images were seen)")
     parser.set_defaults(func=run)
 
 
@@ -38,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     run_evaluate(
         checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, shots=args.shots, episodes=args.episodes,
         seed=args.seed, steps=args.steps, size=args.size, layout=args.layout, queries=args.queries,
-        method=args.method, overwrite=args.overwrite, cache_dir=args.cache_dir,
+        method=args.method, overwrite=args.overwrite, cache_dir=args.cache_dir, allow_seen=args.allow_seen,
     )
     return 0

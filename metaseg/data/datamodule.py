@@ -179,6 +179,7 @@ class MetaDataModule(pl.LightningDataModule):
         self.data_root, self.cache_dir = data_root, cache_dir
         self.val_split, self.val_split_min_images = val_split, val_split_min_images
         self.tasks: dict[str, list[TaskArrays]] | None = None
+        self._seen: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loading
     def setup(self, stage: str | None = None) -> None:
@@ -201,6 +202,18 @@ class MetaDataModule(pl.LightningDataModule):
         meta-val or meta-test."""
         check_leakage(list(train), list(val) + list(test))
         self.tasks = {"train": list(train), "val": list(val), "test": list(test)}
+        self._seen = None
+
+    def seen_record(self) -> dict[str, Any] | None:
+        """Fingerprints of every meta-train and meta-val image (computed once), which checkpoints store so
+        that `evaluate` and `adapt` can tell images the model was trained or selected on (metaseg.jobs.seen)."""
+        if self.tasks is None:
+            return None
+        if self._seen is None:
+            from metaseg.data.fingerprints import task_fingerprints
+
+            self._seen = task_fingerprints(self.tasks["train"] + self.tasks["val"]).to_record()
+        return self._seen
 
     def _tasks(self, split: str) -> list[TaskArrays]:
         if self.tasks is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,19 +159,36 @@ def limit_images(task: TaskArrays, max_images: Any, where: str = "max_images") -
 
 
 def check_leakage(train: Iterable[TaskArrays], test: Iterable[TaskArrays]) -> None:
-    """Refuse splits where one image (same content hash) is in both meta-train and meta-val/test."""
+    """Refuse splits where one image (same content hash: certain) is in both meta-train and meta-val/test;
+    warn about near-duplicates (perceptual hash within NEAR_BITS bits: the same picture resized,
+    re-encoded or slightly cropped, or a look-alike) and report both counts."""
+    from metaseg.data.fingerprints import NEAR_BITS, WORDS, nearest, perceptual_hashes, reference_hashes
+
+    train, test = list(train), list(test)
     seen: dict[str, tuple[str, str]] = {}
+    parts, origin = [], []  # reference hashes (with crops) and the (task, file) each row belongs to
     for task in train:
         for h, src in zip(task.hashes, task.sources):
             seen.setdefault(h, (task.name, src))
+        parts.append(reference_hashes(task.images))
+        origin += [(task.name, task.sources[i % len(task)]) for i in range(len(parts[-1]))]
+    reference = np.concatenate(parts) if parts else np.zeros((0, WORDS), np.uint64)
+    exact, near = [], []
     for task in test:
-        for h, src in zip(task.hashes, task.sources):
+        distance, where = nearest(perceptual_hashes(task.images), reference) if len(task) else ([], [])
+        for h, src, d, w in zip(task.hashes, task.sources, distance, where):
             if h in seen:
-                train_task, train_src = seen[h]
-                raise MetasegError(
-                    f"data leakage: {train_src} (meta-train task {train_task!r}) and {src} "
-                    f"(held-out task {task.name!r}) are the same image (sha1 {h[:12]}); remove one of them"
-                )
+                exact.append((seen[h], (task.name, src), f"sha1 {h[:12]}"))
+            elif d <= NEAR_BITS:
+                near.append((origin[w], (task.name, src), f"perceptual hash {d} bits apart"))
+    counts = f"{len(exact)} exact copies, {len(near)} near-duplicates"
+    if exact or near:
+        (train_task, train_src), (test_task, src), how = (exact or near)[0]
+        example = (f"{train_src} (meta-train task {train_task!r}) and {src} (held-out task {test_task!r}) are "
+                   f"{'the same image' if exact else 'near-duplicates'} ({how})")
+        if exact:
+            raise MetasegError(f"data leakage: held-out images are in meta-training ({counts}), e.g. {example}; remove them")
+        warnings.warn(f"possible data leakage ({counts}; near = within {NEAR_BITS} bits): {example}", stacklevel=2)
 
 
 def subset(task: TaskArrays, rows: Iterable[int], name: str) -> TaskArrays:

@@ -24,7 +24,7 @@ from metaseg.errors import MetasegError
 from metaseg.metrics import mean_ci95
 
 OUTPUT_NAMES = ("masks", "overlays", "predictions.csv")
-CSV_FIELDS = ("id", "image", "width", "height", "mask", "overlay", "ground_truth", "in_support", "dice", "iou")
+CSV_FIELDS = ("id", "image", "width", "height", "mask", "overlay", "ground_truth", "in_support", "dice", "iou", "seen_in_training")
 
 
 @dataclass
@@ -154,12 +154,14 @@ def run_adapt(
     """Adapt on K support pairs, segment every image of `images`, write masks/overlays/CSV into `out`."""
     from metaseg.data.cache import file_sha1, load_task
     from metaseg.data.images import read_image, read_mask
+    from metaseg.jobs.seen import SeenFlagger
 
     out_dir = prepare_adapt_out(out, overwrite)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     model, learner, method, info = build_adapter(checkpoint, seed, steps, dev)
     size = int(size or info.get("image_size") or 128)
+    seen = SeenFlagger(info)  # images the checkpoint was meta-trained/validated on are flagged
 
     support_path = Path(support).expanduser()
     if not support_path.is_dir():
@@ -194,6 +196,7 @@ def run_adapt(
             "mask": str(mask_path), "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
             "in_support": file_sha1(Path(q.image)) in support_hashes,
             "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}",
+            "seen_in_training": seen.flag(q.image, image, file_sha1(Path(q.image))),
         })
     with open(out_dir / "predictions.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
@@ -202,9 +205,12 @@ def run_adapt(
 
     scored = [r for r in records if r["dice"] != "" and not r["in_support"]]
     summary: dict[str, Any] = {"method": method, "images": len(records), "scored": len(scored),
-                               "in_support": sum(bool(r["in_support"]) for r in records), "out": str(out_dir)}
+                               "in_support": sum(bool(r["in_support"]) for r in records), "out": str(out_dir),
+                               "seen_in_training": seen.count}
     echo(f"wrote {len(records)} masks to {out_dir / 'masks'}, overlays to {out_dir / 'overlays'}, "
          f"scores to {out_dir / 'predictions.csv'}")
+    if seen.summary():
+        echo(seen.summary())
     if scored:
         dm, dci = mean_ci95([float(r["dice"]) for r in scored])
         im, ici = mean_ci95([float(r["iou"]) for r in scored])

@@ -274,9 +274,12 @@ def run_evaluate(
     overwrite: bool = False,
     cache_dir: str | None = None,
     echo: Any = print,
+    allow_seen: bool = False,
 ) -> list[dict[str, Any]]:
-    """`metaseg evaluate`: writes episodes.csv, images.csv and summary.md into `out`; returns the summary rows."""
+    """`metaseg evaluate`: writes episodes.csv, images.csv and summary.md into `out`; returns the summary rows.
+    Images the checkpoint was meta-trained or meta-validated on are refused unless `allow_seen`."""
     from metaseg.data.tasks import load_spec
+    from metaseg.jobs.seen import check_evaluation_task
 
     out = prepare_out_dir(out, overwrite)
     model, learner, name, info = build_method(checkpoint, method, seed, steps)
@@ -287,6 +290,7 @@ def run_evaluate(
     if layout:
         spec["layout"] = layout
     task = load_spec(spec, size=size, cache_dir=cache_dir)
+    seen = check_evaluation_task(info, task, allow_seen, f"--dataset {dataset}")  # before any episode runs
 
     def progress(r: EpisodeResult) -> None:
         echo(f"K={r.shots} episode {r.episode + 1}/{episodes}: Dice {r.dice:.4f} IoU {r.iou:.4f} ({r.seconds:.1f}s)")
@@ -302,6 +306,7 @@ def run_evaluate(
         f"episodes per K: {episodes}; queries per episode: up to {queries}; seed: {seed}; "
         f"adaptation steps: {steps if steps else 'learner default'}",
         "support and query of every episode are disjoint (checked by id and content hash)",
+        *(seen.summary_lines([q for r in results for q in r.query_ids]) if seen else []),
     ]
     (out / "summary.md").write_text(summary_markdown(rows, f"Few-shot evaluation: {name} on {task.name}", details))
     for r in rows:

@@ -262,6 +262,8 @@ class MetaSegModule(pl.LightningModule):
         size = getattr(getattr(datamodule, "hparams", None), "image_size", None) or getattr(datamodule, "image_size", None)
         if size is not None:
             info["image_size"] = int(size)
+        if hasattr(datamodule, "seen_record"):  # the meta-train + meta-val images, for evaluate/adapt
+            info["seen"] = datamodule.seen_record()
         if has_trainable_hook(self.model):
             keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
             checkpoint["state_dict"] = {
