@@ -298,6 +298,7 @@ def run_evaluate(
     results = evaluate_method(model, learner, [task], shots, episodes, seed=seed, steps=steps,
                               queries=queries, method=name, progress=progress)
     rows = summarise(results)
+    seen_lines = seen.summary_lines([q for r in results for q in r.query_ids]) if seen else []
     write_episode_csv(results, out / "episodes.csv")
     write_image_csv(results, out / "images.csv")
     details = [
@@ -306,12 +307,14 @@ def run_evaluate(
         f"episodes per K: {episodes}; queries per episode: up to {queries}; seed: {seed}; "
         f"adaptation steps: {steps if steps else 'learner default'}",
         "support and query of every episode are disjoint (checked by id and content hash)",
-        *(seen.summary_lines([q for r in results for q in r.query_ids]) if seen else []),
+        *seen_lines,
     ]
     (out / "summary.md").write_text(summary_markdown(rows, f"Few-shot evaluation: {name} on {task.name}", details))
     for r in rows:
         echo(f"{r['method']} K={r['shots']}: Dice {_pm(r['dice'], r['dice_ci95'])}, IoU {_pm(r['iou'], r['iou_ci95'])} "
              f"({r['images']} query images, {r['episodes']} episodes)")
+    for line in seen_lines:
+        echo(line)
     echo(f"wrote {out / 'episodes.csv'}, {out / 'images.csv'}, {out / 'summary.md'}")
     return rows
 
