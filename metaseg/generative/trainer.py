@@ -69,7 +69,7 @@ def read_synth_checkpoint(path: str | Path, what: str = "--checkpoint") -> dict[
         path = path / CHECKPOINT
     if not path.is_file():
         raise MetasegError(f"{what}: no such file {path}")
-    from metaseg.checkpoints import load_weights_only
+    from metaseg.weights import load_weights_only
 
     ckpt = load_weights_only(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
