@@ -171,6 +171,14 @@ def decode_pair(pair: Pair) -> Decoded:
         raise PairError("missing mask", pair.image, f"missing mask for image {pair.image}")
     image, notes = read_image(pair.image)
     mask, rule = read_mask(pair.mask)
+    extras = pair.meta.get("extra_masks", ())
+    for extra in extras:  # BUSI: an image's second/third lesion file
+        more, _ = read_mask(extra)
+        if more.shape != mask.shape:
+            raise PairError("size mismatch", extra, f"size mismatch: mask {extra} differs from {pair.mask}")
+        mask = mask | more
+    if extras:
+        rule += f"; union of {len(extras) + 1} mask files"
     if image.shape[:2] != mask.shape:
         (h, w), (mh, mw) = image.shape[:2], mask.shape
         raise PairError(

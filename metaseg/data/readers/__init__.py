@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from metaseg.data.readers import generic, isic, layouts, msd
+from metaseg.data.readers import busi, generic, isic, layouts, msd
 from metaseg.data.types import Pair
 from metaseg.errors import MetasegError
 
@@ -33,6 +33,7 @@ class Layout:
 _ALL = [
     Layout("msd", "Medical Segmentation Decathlon: imagesTr/*.nii.gz + labelsTr/ + dataset.json, as 2D slices", msd.msd, msd.detect_msd),
     Layout("ph2", "PH2 dermoscopy: 'PH2 Dataset images'/IMDn/IMDn_Dermoscopic_Image/IMDn.bmp + IMDn_lesion/", layouts.ph2, layouts.detect_ph2),
+    Layout("busi", "BUSI breast ultrasound: [Dataset_BUSI_with_GT/]{benign,malignant,normal}/<class> (N).png + _mask[_k].png (union)", busi.busi, busi.detect_busi),
     Layout("isic", "ISIC 2016/2017/2018 Task 1: *_Data/ISIC_n.jpg + *_GroundTruth/ISIC_n_segmentation.png (+ class CSV)", isic.isic, isic.detect_isic),
     Layout("drive", "DRIVE retina: {training,test}/images/*.tif + 1st_manual/NN_manual1.gif", layouts.drive, layouts.detect_drive),
     Layout("chasedb1", "CHASE_DB1 retina (flat): Image_NNX.jpg + Image_NNX_1stHO.png", layouts.chasedb1, layouts.detect_chasedb1),

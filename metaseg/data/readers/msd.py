@@ -1,7 +1,8 @@
 """Medical Segmentation Decathlon (imagesTr/*.nii.gz, labelsTr/*.nii.gz, dataset.json) as 2D slices.
 
 Each slice along `axis` (of the volume reoriented to the closest canonical RAS+ orientation, so
-axis 2 = axial) that contains `label` becomes one pair with id `<case>_z<k>` (x/y for other axes).
+axis 2 = axial) that contains `label` becomes one pair with id `<case>_z<k>` (x/y for other axes);
+`empty_fraction` also keeps a seeded share of the slices without it (empty masks = presence labels).
 Intensities become uint8 by the modality that dataset.json names for `channel`: CT -> a fixed
 Hounsfield window (default -160..240, soft tissue), anything else (MR...) -> the volume's own
 0.5-99.5 percentile range. Also reads nnU-Net v2 names (`case_0000.nii.gz` + `case.nii.gz`).
@@ -9,6 +10,7 @@ Hounsfield window (default -160..240, soft tissue), anything else (MR...) -> the
 from __future__ import annotations
 
 import json
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -63,17 +65,40 @@ def _slice(vol: np.ndarray, axis: int, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.take(vol, k, axis=axis).T)  # rows = the later axis, as viewers show it
 
 
+def _labels(label: int | str | tuple) -> tuple[int, ...]:
+    """`1`, `"1,2"` or `(1, 2)` -> (1, 2): the label values that together are the foreground."""
+    values = label.replace("+", ",").split(",") if isinstance(label, str) else label if isinstance(label, (tuple, list)) else [label]
+    try:
+        return tuple(sorted({int(v) for v in values}))
+    except (TypeError, ValueError):
+        raise MetasegError(f"option label={label!r} for layout 'msd' must be an integer or a list like 1,2") from None
+
+
+def _kept_empty(empty: np.ndarray, fraction: float, seed: int, case: str) -> list[int]:
+    """A seeded `fraction` of a volume's slices without the label (the same slices on every machine)."""
+    n = int(round(fraction * len(empty)))
+    rng = np.random.default_rng([int(seed), zlib.crc32(case.encode())])
+    return sorted(int(k) for k in rng.choice(empty, n, replace=False)) if n else []
+
+
 def msd(
     root: Path,
-    label: int = 1,
+    label: int | str = 1,
     axis: int = 2,
     all_slices: bool = False,
+    empty_fraction: float = 0.0,
+    empty_seed: int = 0,
     channel: int = 0,
     ct_window: tuple[float, float] = (-160.0, 240.0),
 ) -> list[Pair]:
-    """label: label value that is foreground; axis: slicing axis (2 = axial); all_slices: keep slices
-    without the label too; channel: modality index of 4D images; ct_window: HU range mapped to 0..255."""
-    label, axis, channel = int(label), int(axis), int(channel)
+    """label: label value(s) that are foreground (1, or 1,2 for their union); axis: slicing axis
+    (2 = axial); all_slices: keep every slice; empty_fraction: keep this seeded fraction (0..1) of
+    the slices without the label (empty masks: presence labels), empty_seed: which ones;
+    channel: modality index of 4D images; ct_window: HU range mapped to 0..255."""
+    labels_fg, axis, channel = _labels(label), int(axis), int(channel)
+    empty_fraction = float(empty_fraction)
+    if not 0.0 <= empty_fraction <= 1.0:
+        raise MetasegError(f"option empty_fraction={empty_fraction} for layout 'msd' must be between 0 and 1")
     if axis not in (0, 1, 2):
         raise MetasegError(f"option axis={axis} for layout 'msd' must be 0, 1 or 2")
     if isinstance(ct_window, str):  # from the command line: "-160,240"
@@ -87,14 +112,17 @@ def msd(
         case = _case_name(image)
         stem = case[:-5] if case[-5:-4] == "_" and case[-4:].isdigit() else case
         mask = next((m for m in (root / "labelsTr" / f"{stem}.nii.gz", root / "labelsTr" / f"{stem}.nii") if m.is_file()), None)
-        meta = {"volume": True, "axis": axis, "label": label, "channel": channel, "modality": modality, "ct_window": window}
+        meta = {"volume": True, "axis": axis, "label": labels_fg[0] if len(labels_fg) == 1 else list(labels_fg), "channel": channel, "modality": modality, "ct_window": window}
         if mask is None:
             pairs.append(Pair(stem, image, None, meta))
             continue
         labels = _load_volume(str(mask))
         other = tuple(a for a in range(3) if a != axis)
-        present = (labels == label).any(axis=other)
-        slices = range(labels.shape[axis]) if all_slices else np.flatnonzero(present)
+        present = np.isin(labels, labels_fg).any(axis=other)
+        if all_slices:
+            slices = range(labels.shape[axis])
+        else:
+            slices = sorted(np.flatnonzero(present).tolist() + _kept_empty(np.flatnonzero(~present), empty_fraction, empty_seed, stem))
         pairs += [Pair(f"{stem}_{AXIS_NAMES[axis]}{k}", image, mask, {**meta, "slice": int(k)}) for k in slices]
     return pairs
 
@@ -109,8 +137,9 @@ def decode_slice(pair: Pair):
     if vol.shape[:3] != labels.shape[:3]:
         raise PairError("size mismatch", pair.mask, f"size mismatch: volume {pair.image} is {vol.shape[:3]} but labels {pair.mask} are {labels.shape[:3]}")
     image = _slice(vol, m["axis"], m["slice"])[..., None]
-    mask = (_slice(labels, m["axis"], m["slice"]) == m["label"]).astype(np.uint8)
-    rule = f"label == {m['label']}"
+    wanted = m["label"] if isinstance(m["label"], list) else [m["label"]]
+    mask = np.isin(_slice(labels, m["axis"], m["slice"]), wanted).astype(np.uint8)
+    rule = f"label == {m['label']}" if len(wanted) == 1 else f"label in {wanted}"
     how = f"CT window {m['ct_window'][0]:g}..{m['ct_window'][1]:g} HU" if m["modality"].upper() == "CT" else f"{m['modality']}: 0.5-99.5 percentile"
     return Decoded(image, mask, rule, (how,))
 
