@@ -118,6 +118,19 @@ def test_embedding_cache_returns_what_the_encoder_computes_and_is_shared_through
     assert other.cache().misses == 0  # served from disk
 
 
+def test_cached_embeddings_do_not_depend_on_train_mode(blobs):
+    """TinyViT has BatchNorms: a frozen encoder must encode with running statistics even while the
+    module trains (Lightning calls .train()), or the cache would keep batch-dependent embeddings."""
+    x, _ = blobs
+    reference = make().eval()
+    training = make().train()
+    with torch.no_grad():
+        expected = reference.image_encoder(reference.preprocess(x))
+        got = training.embed(x)
+    assert torch.allclose(got, expected, atol=2e-2 * expected.abs().max().item())
+    assert training.image_encoder.training  # the mode is restored
+
+
 def test_prediction_does_not_depend_on_the_batch(blobs):
     x, _ = blobs
     model = make(dense_prompt="full").eval()

@@ -204,7 +204,8 @@ class MedSamLite(SamSegmenter):
     def cache(self) -> EmbeddingCache | None:
         if self._cache is None and self.encoder_frozen and self._cache_dir != "off":
             directory = None if self._cache_dir == "memory" else Path(self._cache_dir) if self._cache_dir else default_embedding_dir()
-            namespace = f"{self.base_fingerprint()['sha256'][:16]}_{self.image_size}px"
+            # "_eval": entries written before the BatchNorm fix may hold train-mode outputs; never reuse them
+            namespace = f"{self.base_fingerprint()['sha256'][:16]}_{self.image_size}px_eval"
             self._cache = EmbeddingCache(directory, namespace)
         return self._cache if self.encoder_frozen else None
 
@@ -229,8 +230,11 @@ class MedSamLite(SamSegmenter):
         cache.hits += len(keys) - len(todo)
         cache.misses += len(todo)
         if todo:
-            with torch.no_grad():
+            was_training = self.image_encoder.training
+            self.image_encoder.eval()  # a frozen encoder's BatchNorms use their running statistics:
+            with torch.no_grad():      # in train mode they would use the batch's, and the cache keep them
                 fresh = self.image_encoder(x[todo])
+            self.image_encoder.train(was_training)
             for i, emb in zip(todo, fresh):
                 cache.put(keys[i], emb)
                 found[i] = cache.memory[keys[i]]
