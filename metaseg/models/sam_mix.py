@@ -1,0 +1,108 @@
+"""SAM-Mix (Ward & Imran, ISBI 2025) on the LiteMedSAM base: a presence classifier whose class
+activation map prompts the SAM segmentation branch, so no user prompt is needed.
+
+    image -> frozen encoder (cached) -> embeddings -> PresenceHead -> P(present), CAM
+    P(present) < presence_threshold        -> empty mask
+    otherwise CAM >= cam_threshold          -> box prompt (its bounding box)
+                                            -> dense prompt (the CAM as a mask prompt, added to
+                                               the embeddings by the prompt encoder)
+    embeddings + prompts -> mask decoder with LoRA (rank 8 by default) -> mask logits
+
+`prompts` chooses what the CAM gives the decoder: `box+dense` (SAM-Mix), `box`, `dense`, or
+`whole` (the whole-image box, no CAM: the fine-tuned-base baseline). With a dense prompt the
+prompt encoder's small mask-downscaling convolutions train too (LiteMedSAM was trained with boxes).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metaseg.errors import MetasegError
+from metaseg.models.cam import PresenceHead, cam_boxes, cam_mask_logits, normalise_cam
+
+PROMPTS = ("box+dense", "box", "dense", "whole")
+EMPTY_LOGIT = -20.0  # what an image the classifier calls "absent" gets everywhere
+
+
+class SamMix(nn.Module):
+    """(B, C, H, W) in [0, 1] -> (B, 1, H, W) mask logits, with `presence` and `cam` as side outputs."""
+
+    def __init__(self, base: nn.Module, prompts: str = "box+dense", cam_threshold: float = 0.5,
+                 presence_threshold: float = 0.5, hidden: int = 32, cam_grad: bool = True):
+        super().__init__()
+        if prompts not in PROMPTS:
+            raise MetasegError(f"sam_mix: prompts must be one of {list(PROMPTS)}, got {prompts!r}")
+        if not 0.0 < cam_threshold < 1.0:
+            raise MetasegError(f"sam_mix: cam_threshold must be between 0 and 1, got {cam_threshold}")
+        if not 0.0 <= presence_threshold <= 1.0:
+            raise MetasegError(f"sam_mix: presence_threshold must be between 0 and 1, got {presence_threshold}")
+        self.base, self.prompts = base, prompts
+        self.cam_threshold, self.presence_threshold, self.cam_grad = cam_threshold, presence_threshold, cam_grad
+        self.head = PresenceHead(base.mask_decoder.transformer_dim, hidden)
+        if "dense" in prompts:
+            base.prompt_encoder.mask_downscaling.requires_grad_(True)
+
+    @property
+    def image_size(self) -> int:
+        return self.base.image_size
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.embed(x)
+
+    def classify(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Presence logits (B,) and CAMs normalised to [0, 1] (B, g, g)."""
+        logits, cam = self.head(embeddings)
+        return logits, normalise_cam(cam)
+
+    def prompt_embeddings(self, cam01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sparse (B, 2, 256) and dense (B, 256, g, g) prompts from the CAM, and the boxes used."""
+        size, b = self.image_size, cam01.shape[0]
+        if self.prompts == "whole":
+            boxes = torch.tensor([[0.0, 0.0, size - 1.0, size - 1.0]], device=cam01.device).expand(b, -1)
+        else:
+            boxes = cam_boxes(cam01, self.cam_threshold, size)
+        cam_in = cam01 if self.cam_grad else cam01.detach()
+        masks = cam_mask_logits(cam_in, self.cam_threshold, size) if "dense" in self.prompts else None
+        encoder = self.base.prompt_encoder
+        sparse, dense = encoder(points=None, boxes=boxes if self.prompts != "dense" else None, masks=masks)
+        if self.prompts == "dense":  # no box: SAM expects at least one sparse token, the whole image
+            sparse, _ = encoder(points=None, boxes=torch.tensor([[0.0, 0.0, size - 1.0, size - 1.0]], device=cam01.device).expand(b, -1), masks=None)
+        return sparse, dense, boxes
+
+    def segment(self, embeddings: torch.Tensor, cam01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits at the input size (B, 1, S, S) for the given CAMs, and the box prompts."""
+        sparse, dense, boxes = self.prompt_embeddings(cam01)
+        logits = self.base.decode_prompted(embeddings, sparse, dense)
+        return F.interpolate(logits, (self.image_size, self.image_size), mode="bilinear", align_corners=False), boxes
+
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything inference computes: presence logits, CAM, boxes, raw mask logits, final logits."""
+        height, width = x.shape[-2:]
+        embeddings = self.embed(x)
+        presence, cam01 = self.classify(embeddings)
+        raw, boxes = self.segment(embeddings, cam01)
+        if raw.shape[-2:] != (height, width):
+            raw = F.interpolate(raw, (height, width), mode="bilinear", align_corners=False)
+        absent = torch.sigmoid(presence) < self.presence_threshold
+        final = torch.where(absent.view(-1, 1, 1, 1), torch.full_like(raw, EMPTY_LOGIT), raw)
+        return {"presence": presence, "cam": cam01, "boxes": boxes, "raw": raw, "logits": final}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs(x)["logits"]
+
+
+def create_sam_mix(prompts: str = "box+dense", cam_threshold: float = 0.5, presence_threshold: float = 0.5,
+                   lora_rank: int = 8, hidden: int = 32, cam_grad: bool = True, image_size: int = 128,
+                   embedding_cache: str | None = None, seed: int = 0) -> SamMix:
+    """SAM-Mix on the packaged LiteMedSAM: frozen encoder (cacheable), LoRA rank `lora_rank` on the
+    mask decoder, a fresh presence head (seeded); see the module docstring for the options."""
+    from metaseg.models import create_model
+
+    if not isinstance(lora_rank, int) or lora_rank < 1:
+        raise MetasegError(f"sam_mix: lora_rank must be an integer >= 1, got {lora_rank!r}")
+    base = create_model("medsam_lite", image_size=image_size, prompt_tokens=False, dense_prompt="none",
+                        decoder="lora", decoder_lora_rank=lora_rank, embedding_cache=embedding_cache, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SamMix(base, prompts, cam_threshold, presence_threshold, hidden, cam_grad)

@@ -1,0 +1,143 @@
+"""Training SAM-Mix: the presence classifier on every image with an image-level label (focal loss),
+the LoRA segmentation branch on the few images with masks (BCE + Dice), together (multitask).
+
+Schedule: `warmup` classifier-only steps (so the first CAM prompts point somewhere), then `steps`
+joint steps, loss = focal + seg_weight * (BCE + Dice). With `multitask=False` (the ablation) the
+classifier trains alone for warmup + steps, is frozen, and only then the segmenter trains on its
+(detached) CAM prompts. With `classifier=False` (prompts="whole" baseline) only the segmenter trains.
+All embeddings come from the frozen encoder's cache, so a step costs the head and the decoder only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from metaseg.errors import MetasegError
+from metaseg.losses import bce_dice_loss
+from metaseg.models.cam import focal_loss
+from metaseg.models.sam_mix import SamMix
+
+
+@dataclass
+class SamMixBudget:
+    steps: int = 200
+    warmup: int = 100
+    lr_classifier: float = 1e-3
+    lr_segmenter: float = 1e-3
+    batch_classifier: int = 32
+    batch_segmenter: int = 4
+    seg_weight: float = 1.0
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.5
+    multitask: bool = True
+    classifier: bool = True
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [0, 1] (float tensors pass through)."""
+    x = torch.as_tensor(images)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+@torch.no_grad()
+def embed_all(model: SamMix, images: np.ndarray | torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Frozen-encoder embeddings of every image (float16, through the cache)."""
+    x = to_float(images)
+    return torch.cat([model.embed(x[i:i + batch]).half() for i in range(0, len(x), batch)])
+
+
+def _segmenter_params(model: SamMix) -> list[torch.nn.Parameter]:
+    return [p for p in model.base.parameters() if p.requires_grad]
+
+
+def check_training_data(present: np.ndarray | None, masks: np.ndarray, classifier: bool) -> None:
+    """One-line errors for what SAM-Mix cannot train from."""
+    if len(masks) < 1:
+        raise MetasegError("sam_mix: no image with a mask to train the segmentation branch (--shots >= 1)")
+    if classifier:
+        if present is None or len(present) == 0:
+            raise MetasegError("sam_mix: no image-level labels (give --labels a CSV of id,label, or a dataset with class folders)")
+        values = set(np.unique(present).tolist())
+        if not values <= {0, 1} or len(values) < 2:
+            raise MetasegError(f"sam_mix: image-level labels must include both present (1) and absent (0) images, got {sorted(values)}")
+
+
+def fit_sam_mix(
+    model: SamMix,
+    label_images: np.ndarray | torch.Tensor | None,
+    present: np.ndarray | None,
+    mask_images: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor,
+    budget: SamMixBudget | None = None,
+    seed: int = 0,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train `model` in place; returns one record per step (losses). See the module docstring."""
+    budget = budget or SamMixBudget()
+    masks = torch.as_tensor(np.asarray(masks)).float().reshape(len(masks), 1, *np.asarray(masks).shape[-2:])
+    check_training_data(None if present is None else np.asarray(present), masks, budget.classifier)
+    gen = torch.Generator().manual_seed(seed)
+    seg_emb = embed_all(model, mask_images)
+    cls_emb = embed_all(model, label_images) if budget.classifier else None
+    labels = torch.as_tensor(np.asarray(present)).float() if budget.classifier else None
+    head_opt = torch.optim.Adam(model.head.parameters(), lr=budget.lr_classifier, weight_decay=1e-4)
+    seg_opt = torch.optim.Adam(_segmenter_params(model), lr=budget.lr_segmenter)
+    total = (budget.warmup if budget.classifier else 0) + budget.steps
+    cls_only = budget.warmup if budget.multitask else budget.warmup + budget.steps
+    if not budget.multitask and budget.classifier:
+        total = cls_only + budget.steps
+    history = []
+    model.train()
+    for step in range(total):
+        record: dict[str, float] = {"step": float(step)}
+        loss = torch.zeros(())
+        train_cls = budget.classifier and (step < cls_only or budget.multitask)
+        train_seg = step >= cls_only or not budget.classifier
+        if train_cls:
+            rows = torch.randint(len(cls_emb), (min(budget.batch_classifier, len(cls_emb)),), generator=gen)
+            logits, _ = model.classify(cls_emb[rows].float())
+            cls_loss = focal_loss(logits, labels[rows], budget.focal_gamma, budget.focal_alpha)
+            loss = loss + cls_loss
+            record["focal"] = float(cls_loss.detach())
+        if train_seg:
+            rows = torch.randperm(len(seg_emb), generator=gen)[: budget.batch_segmenter]
+            emb = seg_emb[rows].float()
+            if budget.classifier:
+                _, cam = model.classify(emb)
+                if not budget.multitask:
+                    cam = cam.detach()  # the frozen classifier's map: no segmentation gradient into it
+            else:
+                cam = torch.zeros(len(rows), *emb.shape[-2:])
+            pred, _ = model.segment(emb, cam)
+            seg_loss = bce_dice_loss(pred, masks[rows])
+            loss = loss + budget.seg_weight * seg_loss
+            record["seg"] = float(seg_loss.detach())
+        head_opt.zero_grad()
+        seg_opt.zero_grad()
+        loss.backward()
+        if train_cls or (train_seg and budget.multitask):
+            head_opt.step()
+        if train_seg:
+            seg_opt.step()
+        history.append(record)
+        if log is not None:
+            log(record)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict_sam_mix(model: SamMix, images: np.ndarray | torch.Tensor, batch: int = 16) -> dict[str, np.ndarray]:
+    """Prompt-free inference for every image: presence probability, CAM, box, raw and final masks."""
+    model.eval()
+    x = to_float(images)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(x), batch):
+        out = model.outputs(x[i:i + batch])
+        out["presence"] = torch.sigmoid(out["presence"])
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.cpu())
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}
