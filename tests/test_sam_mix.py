@@ -161,3 +161,59 @@ def test_missing_labels_or_masks_are_one_line_errors(toy, present, masks_n, mess
 def test_bad_options_name_the_option(options, message):
     with pytest.raises(MetasegError, match=message):
         make(**options)
+
+
+def _write_busi_like(root, n_per_class: int = 3):
+    """A tiny BUSI-layout folder: disc lesions in benign/malignant, empty masks in normal."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:40, :48]
+    for cls in ("benign", "malignant", "normal"):
+        folder = root / "Dataset_BUSI_with_GT" / cls
+        folder.mkdir(parents=True)
+        for k in range(1, n_per_class + 1):
+            m = np.zeros((40, 48), np.uint8)
+            if cls != "normal":
+                m = (((yy - rng.integers(12, 28)) ** 2 + (xx - rng.integers(12, 36)) ** 2) <= 64).astype(np.uint8)
+            img = (50 * rng.random((40, 48)) + 160 * m).astype(np.uint8)
+            Image.fromarray(np.repeat(img[..., None], 3, 2)).save(folder / f"{cls} ({k}).png")
+            Image.fromarray(m * 255).save(folder / f"{cls} ({k})_mask.png")
+    return root
+
+
+def test_adapt_cli_sam_mix_reads_class_folders_and_writes_masks(tmp_path, capsys):
+    import csv
+
+    from metaseg.cli import main
+
+    root = _write_busi_like(tmp_path / "BUSI")
+    out = tmp_path / "out"
+    argv = ["adapt", "--method", "sam_mix", "--support", str(root), "--images", str(root), "--out", str(out),
+            "--shots", "2", "--steps", "2", "--warmup", "3", "--size", str(SIZE), "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "9 image-level labels (6 present), 2 masks" in text
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 9 and sum(r["in_support"] == "True" for r in rows) == 2
+    assert all(0.0 <= float(r["presence"]) <= 1.0 for r in rows) and len(list((out / "masks").rglob("*.png"))) == 9
+
+
+def test_adapt_cli_sam_mix_label_errors_are_one_line(tmp_path, capsys, make_pair_folder):
+    from metaseg.cli import main
+
+    root = _write_busi_like(tmp_path / "BUSI", n_per_class=2)
+    base = ["adapt", "--method", "sam_mix", "--support", str(root), "--images", str(root), "--size", str(SIZE)]
+    bad = tmp_path / "labels.csv"
+    bad.write_text("id,label\nnot_an_image,1\n")
+    plain = make_pair_folder(n=3)  # images/ + masks/, no classes
+    for argv, message in (
+        (base + ["--out", str(tmp_path / "o1"), "--labels", str(tmp_path / "missing.csv")], "--labels: no such file"),
+        (base + ["--out", str(tmp_path / "o2"), "--labels", str(bad)], "none of its ids"),
+        (base + ["--out", str(tmp_path / "o3"), "--shots", "9"], "fewer than --shots 9"),
+        (["adapt", "--method", "sam_mix", "--support", str(plain), "--images", str(plain), "--out", str(tmp_path / "o4")],
+         "no class folders"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err

@@ -24,11 +24,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", help="where decoded datasets are cached (default $METASEG_CACHE or ~/.cache/metaseg)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--overwrite", action="store_true", help="replace this command's outputs in a non-empty --out")
+    sam_mix = parser.add_argument_group("--method sam_mix (no checkpoint: K masks + image-level labels, docs/sam_mix.md)")
+    sam_mix.add_argument("--method", choices=["sam_mix"], help="sam_mix: CAM-prompted LiteMedSAM trained on --support's labels and K masks")
+    sam_mix.add_argument("--labels", help="CSV of id,label (1/0, present/absent or a class name); default: the dataset's class folders")
+    sam_mix.add_argument("--absent-class", default="normal", help="the class without the structure (default normal, as in BUSI)")
+    sam_mix.add_argument("--warmup", type=int, help="classifier-only steps before the joint ones (default 100; --steps: joint steps, default 200)")
+    sam_mix.add_argument("--prompts", default="box+dense", choices=["box+dense", "box", "dense", "whole"], help="what the CAM gives the decoder")
+    sam_mix.add_argument("--cam-threshold", type=float, default=0.5, help="CAM level (of its maximum) that makes the prompt mask (default 0.5)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from metaseg.jobs.adapt import run_adapt
+
+    if args.method == "sam_mix":
+        from metaseg.errors import MetasegError
+        from metaseg.jobs.sam_mix import run_sam_mix_adapt
+
+        if args.checkpoint:
+            raise MetasegError("--method sam_mix trains from the packaged LiteMedSAM base; drop --checkpoint")
+        run_sam_mix_adapt(
+            support=args.support, images=args.images, out=args.out, shots=args.shots, labels=args.labels,
+            absent_class=args.absent_class, steps=args.steps, warmup=args.warmup, layout=args.layout, seed=args.seed,
+            size=args.size, prompts=args.prompts, cam_threshold=args.cam_threshold, overwrite=args.overwrite,
+            cache_dir=args.cache_dir,
+        )
+        return 0
 
     run_adapt(
         checkpoint=args.checkpoint, support=args.support, images=args.images, out=args.out, shots=args.shots,
