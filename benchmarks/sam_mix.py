@@ -26,7 +26,8 @@ from benchmarks.sam_mix_data import CAPS, DATASETS, labelled_subset, split
 from metaseg.losses import bce_dice_loss
 from metaseg.metrics import dice_iou_per_image, mean_ci95
 
-RESULTS = Path(__file__).parent / "results"
+DEFAULT_RESULTS = Path(__file__).parent / "results"
+RESULTS = DEFAULT_RESULTS  # set by --out
 METHODS = ("sam_mix", "ablation_cam_box", "medsam_whole_box", "unet_scratch")
 BASELINES = ("ablation_cam_box", "medsam_whole_box", "unet_scratch")
 TARGET_GAIN = {5: 10.0, 50: 5.0}  # points of Dice over the best baseline (issue 11)
@@ -87,7 +88,9 @@ def run_one(dataset: str, data, n: int, method: str, args) -> list[dict]:
     start = time.perf_counter()
     out = _train_unet(data, rows, args) if method == "unet_scratch" else _train_sam(method, data, rows, args)
     seconds = time.perf_counter() - start
-    variants = {method: out["logits"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the whole-box baseline has no classifier: its (untrained) head must not gate its masks
+    variants = {method: out["raw"] if method == "medsam_whole_box" else out["logits"]}
     if method == "sam_mix":
         variants["sam_mix_nogate"] = out["raw"]
         np.savez_compressed(path.with_suffix(".npz"), cam=out["cam"], boxes=out["boxes"], logits=out["logits"],
@@ -97,11 +100,10 @@ def run_one(dataset: str, data, n: int, method: str, args) -> list[dict]:
         rec = {"method": name, "dataset": dataset, "n_labelled": n, "seed": args.seed, "seconds": round(seconds, 1),
                "n_pool_labels": len(data.ids["pool"]), "n_test": len(data.ids["test"]), "test_ids": data.ids["test"],
                **score(logits, data.masks["test"])}
-        if "presence" in out:
+        if "presence" in out and method != "medsam_whole_box":
             truth = data.masks["test"].reshape(len(logits), -1).any(1)
             rec["presence_accuracy"] = float(((out["presence"] > 0.5) == truth).mean())
         records.append(rec)
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records))
     return records
 
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=150)
     parser.add_argument("--rerun", action="store_true", help="recompute runs already saved")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
+    parser.add_argument("--out", default=str(DEFAULT_RESULTS), help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     given = list(argv) if argv is not None else __import__("sys").argv[1:]
     args.argv = [a for a in given if a != "--report-only"]
