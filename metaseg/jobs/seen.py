@@ -5,7 +5,7 @@ fingerprints`: exact content hashes and perceptual hashes). Scoring a checkpoint
 overstates it, so `evaluate` refuses them (unless --allow-seen, then its summary says how many
 query images were seen) and `adapt` flags them in predictions.csv and its summary. Exact copies
 are certain; near-duplicates (the same picture resized, re-encoded or slightly cropped) are counted
-apart.
+apart. Generated (synthetic:<family>) images are compared by exact hash only.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from metaseg.data.fingerprints import Fingerprints, hash64, perceptual_hash, perceptual_hashes
+from metaseg.data.tasks import SYNTHETIC_PREFIX
 from metaseg.data.types import TaskArrays
 from metaseg.errors import MetasegError
 
@@ -68,6 +69,7 @@ def check_evaluation_task(info: dict[str, Any], task: TaskArrays, allow_seen: bo
     if prints is None:
         return SeenInTask(task, checked=False)
     exact, near = prints.match(hash64(task.hashes), perceptual_hashes(task.images))
+    near &= ~np.char.startswith(np.array(task.sources, dtype=str), SYNTHETIC_PREFIX)  # generated: exact hash only
     found = SeenInTask(task, _kinds(exact, near))
     if found.count and not allow_seen:
         example = task.sources[next(i for i, k in enumerate(found.kinds) if k)]
