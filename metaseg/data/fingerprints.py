@@ -1,13 +1,14 @@
 """Image fingerprints for leakage checks: exact content hashes and a perceptual (DCT) hash.
 
-An exact hash (the image file's sha1, as 64 bits) proves that an image was used; it misses a
+An exact hash (64 bits derived from the image file's sha1) proves that an image was used; it misses a
 dataset redistributed at another size or JPEG quality (ISIC-2017 exists both squashed to 256x256
 and at its true aspect). The perceptual hash catches those: the image is averaged down to a
 32x32 grayscale thumbnail (aspect not kept, so a squashed copy gives the same thumbnail), its 2D
 DCT is taken, and the 8x8 lowest frequencies become 64 bits (1 = above their median). Two images
 whose hashes differ in at most `NEAR_BITS` bits are near-duplicates; training images are also
-hashed after centred crops of 2, 4 and 6% per side, so that a cropped copy is found too. Everything is vectorised over
-a batch of images (an area-resize matrix product, one `scipy.fft.dctn`, XOR + popcount).
+hashed after centred crops of 2, 4 and 6% per side, so that a cropped copy is found too.
+Everything is vectorised over a batch of images (an area-resize matrix product, one
+`scipy.fft.dctn`, XOR + popcount).
 """
 from __future__ import annotations
 
