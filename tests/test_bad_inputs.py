@@ -117,10 +117,24 @@ def test_16bit_image_rescaled(capsys, make_pair_folder, tmp_path):
     assert image.min() == 0 and image.max() == 255 and any("rescaled to 8-bit" in n for n in notes)
     rc, out, _ = check(capsys, root)
     assert rc == 0 and "rescaled to 8-bit (min-max)): 1" in out and "images/case0.png" in out
-    assert "mixed channel counts: grayscale images will be replicated to 3 channels" in out
-    task = load_task(root, cache_dir=tmp_path / "c", size=16)
-    assert task.images.shape == (2, 3, 16, 16)
-    assert (task.images[0, 0] == task.images[0, 1]).all()
+    assert ("channel conversion: mixed: a 3-channel model (in_channels 3) gets the 1 grayscale images repeated "
+            "to 3 channels, a 1-channel model the 1 colour images as luminance") in out
+
+
+def test_mixed_channels_cached_native_and_the_model_decides(make_pair_folder, tmp_path):
+    """The cache keeps each image's own channels; a model's in_channels picks the conversion, stated on the task."""
+    root = make_pair_folder(n=2)
+    gray = np.random.default_rng(3).integers(0, 256, (20, 24), dtype=np.uint8)
+    Image.fromarray(gray).save(root / "images" / "case0.png")
+    rgb = task3 = load_task(root, cache_dir=tmp_path / "c", size=16, channels=3)
+    assert rgb.images.shape == (2, 3, 16, 16) and (rgb.images[0, 0] == rgb.images[0, 1]).all()
+    assert rgb.conversion == "1 of 2 images are grayscale and were repeated to 3 channels"
+    one = load_task(root, cache_dir=tmp_path / "c", size=16, channels=1)  # same cache entry, other conversion
+    assert one.images.shape == (2, 1, 16, 16) and one.conversion.startswith("1 of 2 images are colour")
+    assert np.array_equal(one.images[0, 0], task3.images[0, 0])  # the grayscale image itself is untouched
+    luma = np.rint(task3.images[1].astype(float).transpose(1, 2, 0) @ np.array([0.299, 0.587, 0.114]))
+    assert np.abs(one.images[1, 0].astype(int) - luma).max() == 0
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 1
 
 
 def test_rgba_image_drops_alpha(make_pair_folder):

@@ -2,7 +2,8 @@
 
 Errors (stop loading): missing masks, unreadable files, image/mask size mismatches.
 Findings that loading handles in a documented way: non-binary masks (and the rule used to
-binarise them), empty masks (kept), colour/bit-depth conversions, mixed channel counts.
+binarise them), empty masks (kept), colour/bit-depth conversions, mixed channel counts (and the
+conversion a model's in_channels implies), byte-identical images under two names (the first kept).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from metaseg.data import images as imagesmod
-from metaseg.data.readers import detect_layout, list_pairs
+from metaseg.data.cache import list_task
+from metaseg.data.readers import list_pairs
 from metaseg.data.readers._common import image_files
 from metaseg.data.types import Pair
 
@@ -29,7 +31,7 @@ class CheckReport:
     root: str
     layout: str
     detected: bool
-    n_pairs: int
+    n_pairs: int  # as listed, duplicates included
     decoded: bool
     errors: list[Problem] = field(default_factory=list)
     orphan_masks: list[str] = field(default_factory=list)
@@ -38,6 +40,7 @@ class CheckReport:
     conversions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     channels: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dropped image, the kept image it repeats)
 
     @property
     def usable(self) -> bool:
@@ -45,8 +48,18 @@ class CheckReport:
 
     @property
     def task_channels(self) -> int | None:
-        """Channels of the loaded task: 3 as soon as one image is colour (grayscale ones are replicated)."""
-        return (3 if 3 in self.channels else 1) if self.channels else None
+        """Channels of the loaded task when the images agree; None for a mixed task (the model decides)."""
+        return next(iter(self.channels)) if len(self.channels) == 1 else None
+
+    def conversion(self) -> str:
+        """How the images reach a model, given their native channel counts (stated by `data check`)."""
+        gray, colour = self.channels.get(1, 0), sum(n for c, n in self.channels.items() if c != 1)
+        if gray and colour:
+            return (f"mixed: a 3-channel model (in_channels 3) gets the {gray} grayscale images repeated to 3 channels, "
+                    f"a 1-channel model the {colour} colour images as luminance")
+        if gray:
+            return "grayscale: a 3-channel model (in_channels 3) gets each image repeated to 3 channels"
+        return "colour: a 1-channel model (in_channels 1) gets each image as luminance" if colour else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +76,8 @@ class CheckReport:
             "conversions": dict(self.conversions),
             "channels": {str(k): v for k, v in sorted(self.channels.items())},
             "task_channels": self.task_channels,
+            "channel_conversion": self.conversion(),
+            "duplicates": [{"dropped": d, "kept": k} for d, k in self.duplicates],
             "sizes": {f"{w}x{h}": n for (w, h), n in self.sizes.most_common()},
         }
 
@@ -106,11 +121,14 @@ def orphan_masks(pairs: list[Pair]) -> list[str]:
 
 def check_dataset(root: str | Path, layout: str | None = None, decode: bool = True, **options: Any) -> CheckReport:
     """List the pairs and (with decode=True) decode every file once; `decode=False` only checks the listing.
-    Orphans are reported on both sides: images without a mask (errors) and masks without an image."""
-    name = layout or detect_layout(root)
-    pairs = list_pairs(root, name, **options)
-    report = CheckReport(str(Path(root)), name, layout is None, len(pairs), decode)
-    everything = pairs if "category" not in options else list_pairs(root, name, **{k: v for k, v in options.items() if k != "category"})
+    Orphans are reported on both sides: images without a mask (errors) and masks without an image;
+    byte-identical duplicate images are reported and left out, as loading does."""
+    listing = list_task(root, layout, **options)
+    pairs, name = listing.pairs, listing.layout
+    report = CheckReport(str(Path(root)), name, layout is None, len(pairs) + len(listing.duplicates), decode)
+    report.duplicates = [(str(d.image), str(k.image)) for d, k in listing.duplicates]
+    everything = pairs + [d for d, _ in listing.duplicates] if "category" not in options else \
+        list_pairs(root, name, **{k: v for k, v in options.items() if k != "category"})
     report.orphan_masks = orphan_masks(everything)
     for pair in pairs:
         if pair.mask is None:
@@ -134,8 +152,12 @@ def format_report(report: CheckReport, limit: int = 10, size: int | None = None)
     lines = [
         f"root: {report.root}",
         f"layout: {report.layout}" + (" (detected)" if report.detected else ""),
-        f"pairs: {report.n_pairs}",
+        f"pairs: {report.n_pairs}" + (f" ({len(report.duplicates)} byte-identical duplicate image(s) dropped, "
+                                      f"{report.n_pairs - len(report.duplicates)} used)" if report.duplicates else ""),
     ]
+    if report.duplicates:
+        lines += _listing("duplicate images (same bytes as an earlier image; dropped, the first is kept)",
+                          [f"{d} = {k}" for d, k in report.duplicates], limit)
     missing = [e.file for e in report.errors if e.kind == "missing mask"]
     lines += _listing("missing masks", missing, 0)
     lines += _listing("masks without an image (not loaded)", report.orphan_masks, limit)
@@ -145,8 +167,8 @@ def format_report(report: CheckReport, limit: int = 10, size: int | None = None)
             lines += [f"  {e.message}" for e in report.errors if e.kind == kind]
         chans = ", ".join(f"{n} with {c} channel{'s' if c > 1 else ''}" for c, n in sorted(report.channels.items()))
         lines.append(f"images: {chans or 'none decoded'}")
-        if len(report.channels) > 1:
-            lines.append("  mixed channel counts: grayscale images will be replicated to 3 channels")
+        if report.conversion():
+            lines.append(f"  channel conversion: {report.conversion()}")
         for note, files in sorted(report.conversions.items()):
             lines += _listing(f"  converted ({note})", files, limit)
         lines.append("masks (how they are binarised to {0,1}):")
@@ -158,7 +180,8 @@ def format_report(report: CheckReport, limit: int = 10, size: int | None = None)
         more = f", ... {len(report.sizes) - 4} more sizes" if len(report.sizes) > 4 else ""
         lines.append(f"image sizes: {sizes}{more}")
         if size:
-            lines.append(f"cache: resized to {size}x{size} (aspect not kept), task channels: {report.task_channels}")
+            lines.append(f"cache: resized to {size}x{size} (aspect not kept), task channels: "
+                         f"{report.task_channels or 'mixed (native channels kept; the model in_channels decides)'}")
     else:
         lines.append("files not decoded (--fast): only the listing and missing masks were checked")
     verdict = "usable" if report.usable else f"NOT usable: {len(report.errors)} problem(s) stop loading"

@@ -52,10 +52,12 @@ class Decoded:
 class TaskArrays:
     """All examples of one task, decoded and resized once.
 
-    images: uint8 (N, C, H, W), C = 1 (grayscale modality) or 3 (colour), never silently converted.
+    images: uint8 (N, C, H, W), C = 1 (grayscale modality) or 3 (colour), never silently converted:
+            `conversion` says what was done to a task mixing the two ('' = nothing).
     masks:  uint8 (N, H, W) with values in {0, 1}.
     ids:    stable example ids; hashes: content hash of each source image (for leakage checks);
     sources: the image file each row came from (for error messages), or a synthetic descriptor.
+    duplicates: (dropped id, kept id) of byte-identical images left out when the task was built.
     """
 
     name: str
@@ -64,6 +66,8 @@ class TaskArrays:
     ids: list[str]
     hashes: list[str]
     sources: list[str]
+    conversion: str = ""
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
