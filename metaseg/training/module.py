@@ -22,7 +22,8 @@ import torch.distributed as dist
 from metaseg.data.types import Episode
 from metaseg.errors import MetasegError
 from metaseg.losses import bce_dice_loss
-from metaseg.metrics import dice_iou_per_image, mean_ci95
+from metaseg.meta.scoring import score_episode
+from metaseg.metrics import mean_ci95
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULES = ("cosine", "none")
@@ -192,24 +193,16 @@ class MetaSegModule(pl.LightningModule):
             self.log("grad_norm", norm, on_step=True, batch_size=1)
 
     # ------------------------------------------------------------------ validation / test
-    def score_episode(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Adapt on the support set, predict the query set: per-image Dice, IoU and the query loss."""
-        with torch.enable_grad():
-            fast = self.learner.adapt(self.model, episode.support_x, episode.support_y, steps=self.hparams.val_adapt_steps)
-        with torch.no_grad():
-            logits = self.learner.predict(self.model, fast, episode.query_x)
-            loss = float(bce_dice_loss(logits.float(), episode.query_y))
-        dice, iou = dice_iou_per_image(logits.float(), episode.query_y)
-        return dice, iou, loss
-
     def _eval_step(self, stage: str, batch: list[Episode]) -> None:
         episodes = [batch] if isinstance(batch, Episode) else list(batch)
         for episode in episodes:
-            dice, iou, loss = self.score_episode(episode)
+            # the evaluation jobs' scoring (metaseg.meta.scoring), plus the query loss for the logs
+            scores = score_episode(self.model, self.learner, episode, steps=self.hparams.val_adapt_steps,
+                                   loss_fn=bce_dice_loss)[""]
             # keyed by content so that DistributedSampler's padding duplicates count once
             key = (episode.task, tuple(episode.support_ids), tuple(episode.query_ids))
-            self._scores[stage][key] = (dice.tolist(), iou.tolist())
-            self.log(f"{stage}_query_loss", loss, on_epoch=True, batch_size=1, sync_dist=self._world() > 1)
+            self._scores[stage][key] = (scores.dice, scores.iou)
+            self.log(f"{stage}_query_loss", scores.loss, on_epoch=True, batch_size=1, sync_dist=self._world() > 1)
 
     def validation_step(self, batch: list[Episode], batch_idx: int) -> None:
         self._eval_step("val", batch)
