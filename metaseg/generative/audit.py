@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from metaseg.data.types import TaskArrays
 from metaseg.errors import MetasegError
+from metaseg.outputs import OutputFolder
 
 OUTPUTS = ("audit.json", "synthetic.csv", "reference.csv", "histogram.png", "closest_pairs.png")
 
@@ -114,18 +114,6 @@ def _write_csv(path: Path, result: AuditResult, train: TaskArrays, tau: float) -
                         int(result.max_corr[i] > tau)])
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise MetasegError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise MetasegError(f"--out {out} already exists and is not empty; choose a new folder or pass --overwrite")
-        for name in OUTPUTS:
-            if (out / name).exists():
-                (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _rows(task: TaskArrays, keep: set[str]) -> TaskArrays:
     idx = [i for i, h in enumerate(task.hashes) if h in keep]
     return TaskArrays(task.name, task.images[idx], task.masks[idx], [task.ids[i] for i in idx],
@@ -148,12 +136,11 @@ def run_audit(synthetic: str | Path, train: str | Path, out: str | Path, heldout
         raise MetasegError(f"--tau must be in (0, 1], got {tau}")
     if top < 0:
         raise MetasegError(f"--top must be >= 0, got {top}")
+    folder = OutputFolder(out, OUTPUTS, overwrite).check()
     ckpt = read_synth_checkpoint(checkpoint) if checkpoint else None
     size = int(size or (ckpt["config"]["size"] if ckpt else 64))
     synth = load_dataset(synthetic, size, None, cache_dir, option="--synthetic")
     real = load_dataset(train, size, layout, cache_dir, option="--train")
-    out = Path(out).expanduser()
-    _prepare_out(out, overwrite)
     reference = load_dataset(heldout, size, layout, cache_dir, option="--heldout") if heldout else None
     train_set = real
     if ckpt is not None:
@@ -164,31 +151,32 @@ def run_audit(synthetic: str | Path, train: str | Path, out: str | Path, heldout
             reference = _rows(real, set(ckpt["heldout_hashes"]))
     echo(f"[audit] {len(synth)} synthetic vs {len(train_set)} training images at {size} px"
          + (f"; reference: {len(reference)} held-out images" if reference is not None else "; no held-out reference (pass --heldout or --checkpoint)"))
-    result = audit_arrays(synth, train_set, ssim_candidates, chunk)
-    report: dict[str, Any] = {"synthetic": str(synthetic), "train": str(train), "size": size, "tau": tau,
-                              "ssim_against": "all training images" if not ssim_candidates else f"the {ssim_candidates} most correlated",
-                              "synthetic_vs_train": result.summary(tau)}
-    _write_csv(out / "synthetic.csv", result, train_set, tau)
-    series = {"synthetic vs train": result.max_corr}
-    if reference is not None and len(reference):
-        ref = audit_arrays(reference, train_set, ssim_candidates, chunk)
-        report["heldout_vs_train"] = ref.summary(tau)
-        _write_csv(out / "reference.csv", ref, train_set, tau)
-        series["held-out real vs train"] = ref.max_corr
-    correlation_histogram(series, tau, out / "histogram.png")
-    order = np.argsort(-result.max_corr)[:top]
-    if len(order):
-        labels = [f"r={result.max_corr[i]:.3f} ssim={result.max_ssim[i]:.2f}" for i in order]
-        closest_pairs(synth.images[order], train_set.images[result.nearest[order]], labels, out / "closest_pairs.png",
-                      f"closest synthetic/training pairs (tau = {tau:g})")
-    report["closest"] = [{"synthetic": result.ids[i], "train": train_set.ids[result.nearest[i]],
-                          "max_corr": float(result.max_corr[i]), "max_ssim": float(result.max_ssim[i])} for i in order]
-    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
-    for name in ("synthetic_vs_train", "heldout_vs_train"):
-        if name in report:
-            s = report[name]
-            echo(f"[audit] {name.replace('_', ' ')}: max corr median {s['max_corr_median']:.3f}, p99 {s['max_corr_p99']:.3f}, "
-                 f"{s['n_above_tau']}/{s['n']} ({100 * s['frac_above_tau']:.1f}%) above tau={tau:g}; "
-                 f"max SSIM median {s['max_ssim_median']:.3f}")
-    echo(f"[audit] wrote {out / 'audit.json'}, synthetic.csv, histogram.png, closest_pairs.png")
+    with folder.writing() as out:
+        result = audit_arrays(synth, train_set, ssim_candidates, chunk)
+        report: dict[str, Any] = {"synthetic": str(synthetic), "train": str(train), "size": size, "tau": tau,
+                                  "ssim_against": "all training images" if not ssim_candidates else f"the {ssim_candidates} most correlated",
+                                  "synthetic_vs_train": result.summary(tau)}
+        _write_csv(out / "synthetic.csv", result, train_set, tau)
+        series = {"synthetic vs train": result.max_corr}
+        if reference is not None and len(reference):
+            ref = audit_arrays(reference, train_set, ssim_candidates, chunk)
+            report["heldout_vs_train"] = ref.summary(tau)
+            _write_csv(out / "reference.csv", ref, train_set, tau)
+            series["held-out real vs train"] = ref.max_corr
+        correlation_histogram(series, tau, out / "histogram.png")
+        order = np.argsort(-result.max_corr)[:top]
+        if len(order):
+            labels = [f"r={result.max_corr[i]:.3f} ssim={result.max_ssim[i]:.2f}" for i in order]
+            closest_pairs(synth.images[order], train_set.images[result.nearest[order]], labels, out / "closest_pairs.png",
+                          f"closest synthetic/training pairs (tau = {tau:g})")
+        report["closest"] = [{"synthetic": result.ids[i], "train": train_set.ids[result.nearest[i]],
+                              "max_corr": float(result.max_corr[i]), "max_ssim": float(result.max_ssim[i])} for i in order]
+        (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+        for name in ("synthetic_vs_train", "heldout_vs_train"):
+            if name in report:
+                s = report[name]
+                echo(f"[audit] {name.replace('_', ' ')}: max corr median {s['max_corr_median']:.3f}, p99 {s['max_corr_p99']:.3f}, "
+                     f"{s['n_above_tau']}/{s['n']} ({100 * s['frac_above_tau']:.1f}%) above tau={tau:g}; "
+                     f"max SSIM median {s['max_ssim_median']:.3f}")
+        echo(f"[audit] wrote {out / 'audit.json'}, synthetic.csv, histogram.png, closest_pairs.png")
     return report

@@ -5,7 +5,6 @@ pairs) and synth.json (where the samples came from)."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -17,25 +16,9 @@ from PIL import Image
 from metaseg.errors import MetasegError
 from metaseg.generative.data import from_joint
 from metaseg.generative.trainer import load_generator, read_synth_checkpoint
+from metaseg.outputs import OutputFolder
 
 OUTPUTS = ("images", "masks", "grid.png", "synth.json")
-
-
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty folder unless --overwrite, which replaces only this command's outputs."""
-    if out.exists() and not out.is_dir():
-        raise MetasegError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise MetasegError(f"--out {out} already exists and is not empty; choose a new folder or pass --overwrite")
-        for name in OUTPUTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
 
 
 def write_pairs(images: np.ndarray, masks: np.ndarray, out: Path, start: int = 0) -> None:
@@ -59,21 +42,23 @@ def sample_to_folder(checkpoint: str | Path, n: int, out: str | Path, seed: int 
     if batch_size < 1:
         raise MetasegError(f"--batch-size must be >= 1, got {batch_size}")
     ckpt = read_synth_checkpoint(checkpoint)
-    out = Path(out).expanduser()
+    folder = OutputFolder(out, OUTPUTS, overwrite).check()
     model = load_generator(ckpt, device)
-    prepare_out(out, overwrite)
-    first: list[tuple[np.ndarray, np.ndarray]] = []
-    for b, start in enumerate(range(0, n, batch_size)):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-        images, masks = from_joint(model.sample(min(batch_size, n - start), gen, **options))
-        write_pairs(images, masks, out, start)
-        if start < 16:
-            first.append((images, masks))
-        echo(f"[sample] {min(start + batch_size, n)}/{n} pairs written to {out}")
-    grid_images = np.concatenate([f[0] for f in first])[:16]
-    grid_masks = np.concatenate([f[1] for f in first])[:16]
-    sample_grid(grid_images, grid_masks, out / "grid.png", title=f"{ckpt['config']['model']} samples (seed {seed})")
-    info = {"checkpoint": str(Path(checkpoint).resolve()), "model": ckpt["config"]["model"], "step": ckpt["step"],
-            "trained_on": ckpt["config"]["dataset"], "n": n, "seed": seed, "batch_size": batch_size, "options": options}
-    (out / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
+    with folder.writing() as out:
+        (out / "images").mkdir()
+        (out / "masks").mkdir()
+        first: list[tuple[np.ndarray, np.ndarray]] = []
+        for b, start in enumerate(range(0, n, batch_size)):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+            images, masks = from_joint(model.sample(min(batch_size, n - start), gen, **options))
+            write_pairs(images, masks, out, start)
+            if start < 16:
+                first.append((images, masks))
+            echo(f"[sample] {min(start + batch_size, n)}/{n} pairs written to {out}")
+        grid_images = np.concatenate([f[0] for f in first])[:16]
+        grid_masks = np.concatenate([f[1] for f in first])[:16]
+        sample_grid(grid_images, grid_masks, out / "grid.png", title=f"{ckpt['config']['model']} samples (seed {seed})")
+        info = {"checkpoint": str(Path(checkpoint).resolve()), "model": ckpt["config"]["model"], "step": ckpt["step"],
+                "trained_on": ckpt["config"]["dataset"], "n": n, "seed": seed, "batch_size": batch_size, "options": options}
+        (out / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
