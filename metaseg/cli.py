@@ -21,6 +21,19 @@ SUBCOMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """Every metaseg parser (subcommands inherit the class): a usage error is one line naming the
+    option (exit code 2), and an option must be typed in full (no silent abbreviations: `--query`
+    is not taken for `--queries`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def pop_threads(argv: list[str]) -> tuple[int | None, list[str]]:
     """`metaseg --threads N <command> ...`: the one option every subcommand shares, taken off the
     front before dispatch (meta-train hands the rest to LightningCLI untouched)."""
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if threads:
         set_threads(threads)
-    parser = argparse.ArgumentParser(prog="metaseg", description="Few-shot meta-learning of medical image segmentation",
+    parser = Parser(prog="metaseg", description="Few-shot meta-learning of medical image segmentation",
                                      epilog="Global option, before the command: --threads N pins torch's CPU threads.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     modules = {}
@@ -81,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         except MetasegError as exc:
             print(f"metaseg: error: {exc}", file=sys.stderr)
             return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line, see Parser) or --help
+        return int(exc.code or 0)
     if not args.command:
         parser.print_help()
         return 2

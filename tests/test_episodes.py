@@ -129,7 +129,7 @@ def test_sample_cli_prints_one_json_line_per_episode(capsys):
 
     from metaseg.cli import main
 
-    code = main(["data", "sample", "synthetic:rings", "--shots", "2", "--query", "4", "--episodes", "3",
+    code = main(["data", "sample", "synthetic:rings", "--shots", "2", "--queries", "4", "--episodes", "3",
                  "--seed", "9", "--size", "16", "-o", "n=12"])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -145,6 +145,6 @@ def test_sample_cli_prints_one_json_line_per_episode(capsys):
 def test_sample_cli_errors_are_one_line(capsys):
     from metaseg.cli import main
 
-    assert main(["data", "sample", "synthetic:rings", "--shots", "8", "--query", "8", "-o", "n=10"]) == 2
+    assert main(["data", "sample", "synthetic:rings", "--shots", "8", "--queries", "8", "-o", "n=10"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("metaseg: error:") and "8 + 8 = 16" in err and "Traceback" not in err
+    assert err.startswith("metaseg: error: --shots 8:") and "--queries 8" in err and "Traceback" not in err

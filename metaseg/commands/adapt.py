@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from metaseg.commands.options import add_device_option
+from metaseg.commands.reader_args import add_reader_options, reader_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -10,19 +13,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="adapt to a new dataset from K labelled images and write masks for a folder of images",
         description="Adapt a meta-trained checkpoint (or, without --checkpoint, a randomly initialised U-Net: "
         "the scratch baseline; a transfer checkpoint is fine-tuned) on K labelled pairs of --support, "
-        "then write binary masks at each image's original size, overlays and per-image Dice/IoU.",
+        "then write binary masks at each image's original size, overlays and per-image Dice/IoU. "
+        "Every option and path is checked before any work.",
     )
     parser.add_argument("--checkpoint", help="a .ckpt written by `metaseg meta-train` (omit or 'none': scratch baseline)")
     parser.add_argument("--support", required=True, help="labelled dataset folder (any readable layout, incl. generic images/ + masks/)")
     parser.add_argument("--images", required=True, help="images to segment: a plain folder, or a dataset folder (its masks are ground truth)")
+    add_reader_options(parser, "--support (and --images)")
     parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
     parser.add_argument("--shots", type=int, default=5, help="number of support pairs K (default 5)")
     parser.add_argument("--steps", type=int, help="adaptation steps (default: the learner's; scratch: 100)")
-    parser.add_argument("--layout", help="layout of --support (and --images), default: detected")
     parser.add_argument("--seed", type=int, default=0, help="which K support pairs are drawn; scratch init (default 0)")
     parser.add_argument("--size", type=int, help="network input size (default: the checkpoint's training size, else 128)")
     parser.add_argument("--cache-dir", help="where decoded datasets are cached (default $METASEG_CACHE or ~/.cache/metaseg)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace this command's outputs in a non-empty --out")
     sam_mix = parser.add_argument_group("--method sam_mix (no checkpoint: K masks + image-level labels, docs/sam_mix.md)")
     sam_mix.add_argument("--method", choices=["sam_mix"], help="sam_mix: CAM-prompted LiteMedSAM trained on --support's labels and K masks")
@@ -54,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
     run_adapt(
         checkpoint=args.checkpoint, support=args.support, images=args.images, out=args.out, shots=args.shots,
         steps=args.steps, layout=args.layout, seed=args.seed, size=args.size, overwrite=args.overwrite,
-        cache_dir=args.cache_dir, device=args.device,
+        cache_dir=args.cache_dir, device=args.device, reader_options=reader_options(args),
     )
     return 0

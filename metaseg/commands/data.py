@@ -5,7 +5,7 @@ import argparse
 import json
 
 from metaseg.commands.reader_args import add_reader_arguments, reader_options
-from metaseg.errors import MetasegError
+from metaseg.jobs import checks
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,11 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from metaseg.data.check import check_dataset, format_report
 
-    if args.size is not None and args.size < 8:
-        raise MetasegError(f"--size {args.size} is too small (the cached square side, e.g. 128)")
+    checks.image_size("--size", args.size)
+    checks.at_least("--limit", args.limit, 0)
     options = reader_options(args)
-    if args.category:
-        options["category"] = args.category
     report = check_dataset(args.root, args.layout, decode=not args.fast, **options)
     if args.json:
         print(json.dumps({**report.to_dict(), "size": args.size}, indent=1))

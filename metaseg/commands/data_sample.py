@@ -1,4 +1,4 @@
-"""`metaseg data sample ROOT --shots K --query Q --episodes N --seed S`: show which images episodes use.
+"""`metaseg data sample ROOT --shots K --queries Q --episodes N --seed S`: show which images episodes use.
 
 Prints one JSON line per episode: {"episode", "task", "support", "query"} with example ids.
 The ids are exactly those that `EpisodeSampler(...).sample(i)` (stream "train", no task mixing)
@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from metaseg.commands.reader_args import add_reader_arguments, reader_options
-from metaseg.errors import MetasegError
 
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +23,7 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_reader_arguments(parser)
     parser.add_argument("--shots", type=int, default=5, help="support images per episode (K)")
-    parser.add_argument("--query", type=int, default=15, help="query images per episode (Q)")
+    parser.add_argument("--queries", type=int, default=15, help="query images per episode (Q; the same option as evaluate's)")
     parser.add_argument("--episodes", type=int, default=5, help="number of episodes to print")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (same seed, same episodes)")
     parser.add_argument("--size", type=int, default=128, help="cached image size (as used for meta-training)")
@@ -34,18 +32,21 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from metaseg.data.episodes import EpisodeSampler
-    from metaseg.data.tasks import SYNTHETIC_PREFIX, TaskSpec, load_spec
+    from metaseg.data.episodes import EpisodeSampler, check_episode_counts
+    from metaseg.data.tasks import SYNTHETIC_PREFIX, TaskSpec, count_images, load_spec
+    from metaseg.jobs import checks
 
-    if args.episodes < 1:
-        raise MetasegError(f"--episodes must be >= 1 (got {args.episodes})")
+    checks.at_least("--episodes", args.episodes, 1)
+    checks.at_least("--seed", args.seed, 0)
+    checks.image_size("--size", args.size)
+    check_episode_counts([args.shots], args.queries, {})
     root = args.root
-    if not root.startswith(SYNTHETIC_PREFIX) and Path(root).expanduser().exists():
-        root = str(Path(root).expanduser().resolve())  # a folder typed on the command line is relative to the cwd
-    options = reader_options(args)
-    spec = TaskSpec.coerce({"root": root, "layout": args.layout, "category": args.category, **options})
+    if not root.startswith(SYNTHETIC_PREFIX):
+        root = str(checks.existing_folder("ROOT", root).resolve())  # a folder typed on the command line is relative to the cwd
+    spec = TaskSpec.coerce({"root": root, "layout": args.layout, **reader_options(args)})
+    check_episode_counts([args.shots], args.queries, {spec.name: count_images(spec)}, cap_queries=False)
     task = load_spec(spec, size=args.size, cache_dir=args.cache_dir)
-    sampler = EpisodeSampler([task], shots=args.shots, queries=args.query, seed=args.seed)
+    sampler = EpisodeSampler([task], shots=args.shots, queries=args.queries, seed=args.seed)
     for i in range(args.episodes):
         ids = sampler.sample_ids(i)
         line = {"episode": i, "task": ids["task"], "support": ids["support"], "query": ids["query"]}

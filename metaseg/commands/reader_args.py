@@ -1,11 +1,16 @@
-"""The dataset arguments every `metaseg data` subcommand shares (ROOT, --layout, reader options):
-one module that data.py and data_sample.py both import, so neither imports the other back."""
+"""The dataset reader options, defined once for every command that reads a dataset (data check,
+data sample: ROOT + these; adapt --support/--images; evaluate --dataset). Experiment configs take
+the same names as task-spec keys (metaseg.data.tasks). One module that the commands import, so
+no command module imports another."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
 import yaml
+
+# flag -> reader option (the task-spec key of an experiment config)
+READER_FLAGS = {"--images-dir": "images_dir", "--masks-dir": "masks_dir", "--mask-suffix": "mask_suffix"}
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -19,22 +24,27 @@ def _option(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
-def reader_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Reader options from --images-dir/--masks-dir/--mask-suffix and repeated -o KEY=VALUE."""
-    options = dict(args.option or [])
-    for name in ("images_dir", "masks_dir", "mask_suffix"):
-        if getattr(args, name, None) is not None:
-            options[name] = getattr(args, name)
-    return options
-
-
-def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-    """ROOT, --layout, --category and reader options; shared by the data subcommands."""
-    parser.add_argument("root", metavar="ROOT", help="dataset folder")
-    parser.add_argument("--layout", help="dataset layout (default: detected; see `metaseg data list`)")
+def add_reader_options(parser: argparse.ArgumentParser, what: str = "the dataset") -> None:
+    """--layout, --category and the reader options of `what`."""
+    parser.add_argument("--layout", help=f"layout of {what} (default: detected; see `metaseg data list`)")
     parser.add_argument("--category", help="only this class, e.g. melanoma or non-melanoma (ISIC with a class CSV)")
-    parser.add_argument("--images-dir", help="generic layout: images folder relative to ROOT")
-    parser.add_argument("--masks-dir", help="generic layout: masks folder relative to ROOT")
+    parser.add_argument("--images-dir", help="generic layout: images folder relative to the dataset folder")
+    parser.add_argument("--masks-dir", help="generic layout: masks folder relative to the dataset folder")
     parser.add_argument("--mask-suffix", help="generic layout: mask stem suffix, e.g. _mask")
     parser.add_argument("-o", "--option", action="append", type=_option, metavar="KEY=VALUE",
                         help="other reader option, e.g. -o split=training, -o label=2 (see `metaseg data list`)")
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    """ROOT and the reader options: the data subcommands' dataset argument."""
+    parser.add_argument("root", metavar="ROOT", help="dataset folder")
+    add_reader_options(parser)
+
+
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Reader options (and category) from the flags of `add_reader_options`, as task-spec keys."""
+    options = dict(args.option or [])
+    for key in (*READER_FLAGS.values(), "category"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    return options

@@ -185,3 +185,23 @@ def _to_float(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor,
         y[start:stop, 0].copy_(torch.from_numpy(masks))
         start = stop
     return x.div_(255.0), y
+
+
+def check_episode_counts(shots: Sequence[int], queries: int, sizes: dict[str, int], cap_queries: bool = True) -> None:
+    """The one check of --shots and --queries, against every task, before any episode is drawn or any
+    image decoded (`metaseg evaluate` checks all its K at once; `metaseg data sample` shares it).
+
+    cap_queries: queries are cut to what a task has left after K shots (evaluation), so only one
+    query is needed; otherwise every task must hold shots + queries images (what the sampler draws).
+    """
+    for k in shots:
+        if isinstance(k, bool) or int(k) < 1:
+            raise MetasegError(f"--shots must be >= 1 (got {k})")
+    if int(queries) < 1:
+        raise MetasegError(f"--queries must be >= 1 (got {queries})")
+    for k in shots:
+        for name, n in sizes.items():
+            need = int(k) + (1 if cap_queries else int(queries))
+            if n < need:
+                what = "plus one query image" if cap_queries else f"plus --queries {queries}"
+                raise MetasegError(f"--shots {k}: task {name!r} has {n} images, too few for {k} shots {what}")

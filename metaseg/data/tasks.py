@@ -117,8 +117,10 @@ def load_spec(
     cache_dir: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
     synthetic_n: int = 64,
+    channels: int | None = None,
 ) -> TaskArrays:
-    """Arrays of one task at `size` px: synthetic families are generated, datasets go through the cache."""
+    """Arrays of one task at `size` px: synthetic families are generated, datasets go through the cache
+    (`channels`: the model's in_channels, which decides the conversion of a mixed grayscale/colour task)."""
     spec = TaskSpec.coerce(spec)
     if spec.is_synthetic:
         opts = dict(spec.options)
@@ -139,9 +141,25 @@ def load_spec(
         category=spec.category,
         cache_dir=cache_dir,
         name=spec.name,
+        channels=channels,
         **options,
     )
     return task if max_images is None else limit_images(task, max_images, where=f"task {spec.name!r}: max_images")
+
+
+def count_images(spec: TaskSpec | Mapping[str, Any] | str, data_root: str | os.PathLike | None = None,
+                 synthetic_n: int = 64) -> int:
+    """How many images `load_spec` will give (listing and hashing only, nothing decoded): lets a job
+    check its --shots against a task before any work (duplicates are already left out)."""
+    spec = TaskSpec.coerce(spec)
+    options = dict(spec.options)
+    if spec.is_synthetic:
+        return int(options.get("n", synthetic_n))
+    from metaseg.data.cache import list_task
+
+    max_images = options.pop("max_images", None)
+    n = len(list_task(spec_path(spec, data_root), spec.layout, spec.category, **options).pairs)
+    return n if max_images is None else min(n, int(max_images))
 
 
 def limit_images(task: TaskArrays, max_images: Any, where: str = "max_images") -> TaskArrays:

@@ -8,10 +8,9 @@ support are flagged (`in_support`) and left out of the mean, which is reported w
 from __future__ import annotations
 
 import csv
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -19,11 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from metaseg.data.resize import resize_image
 from metaseg.data.types import TaskArrays
 from metaseg.errors import MetasegError
+from metaseg.jobs import checks
+from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
 from metaseg.metrics import mean_ci95
+from metaseg.outputs import OutputFolder
 
-OUTPUT_NAMES = ("masks", "overlays", "predictions.csv")
+OUTPUTS = ("masks", "overlays", "predictions.csv")
 CSV_FIELDS = ("id", "image", "width", "height", "mask", "overlay", "ground_truth", "in_support", "dice", "iou", "seen_in_training")
 
 
@@ -34,37 +37,18 @@ class QueryImage:
     mask: Path | None = None
 
 
-def prepare_adapt_out(out: str | Path, overwrite: bool) -> Path:
-    """Refuse a non-empty --out unless --overwrite; with it, only this command's own outputs are replaced."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MetasegError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise MetasegError(f"--out {out} is not empty; pass --overwrite to replace its masks/, overlays/ and predictions.csv")
-        for name in OUTPUT_NAMES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def list_query_images(folder: str | Path, layout: str | None = None) -> tuple[list[QueryImage], str]:
+def list_query_images(folder: str | Path, layout: str | None = None,
+                      reader_options: Mapping[str, Any] | None = None) -> tuple[list[QueryImage], str]:
     """Images to segment: a dataset in a known layout (its masks become ground truth) or a plain
-    folder of images (searched recursively; no ground truth). Returns the list and a description."""
+    folder of images (searched recursively; no ground truth). Returns the list and a description.
+    Listing only: nothing is decoded, so a wrong --images is refused before any work."""
     from metaseg.data.readers import detect_layout, list_pairs
     from metaseg.data.readers._common import image_files, rel_stem
 
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise MetasegError(f"--images: folder not found: {folder}")
+    folder = checks.existing_folder("--images", folder)
     try:
         name = layout or detect_layout(folder)
-        pairs = list_pairs(folder, name)
+        pairs = list_pairs(folder, name, **dict(reader_options or {}))
     except MetasegError:
         name, pairs = None, []
     if pairs:
@@ -73,24 +57,25 @@ def list_query_images(folder: str | Path, layout: str | None = None) -> tuple[li
         return images, f"dataset layout {name!r}: {len(images)} images, {with_gt} with ground truth"
     files = image_files(folder, recursive=True)
     if not files:
-        raise MetasegError(f"--images: no image files in {folder}")
+        raise MetasegError(f"--images {folder}: no image files in it (searched recursively)")
     return [QueryImage(rel_stem(p, folder), p) for p in files], f"plain folder: {len(files)} images, no ground truth"
+
+
+def check_support_size(n: int, shots: int) -> None:
+    if n < shots:
+        raise MetasegError(f"--support has {n} labelled images, fewer than --shots {shots}")
 
 
 def choose_support(task: TaskArrays, shots: int, seed: int) -> np.ndarray:
     """K rows of the support task, drawn with the seed (sorted so the choice reads naturally)."""
-    if shots < 1:
-        raise MetasegError(f"--shots must be >= 1 (got {shots})")
-    if len(task) < shots:
-        raise MetasegError(f"--support has {len(task)} labelled images, fewer than --shots {shots}")
+    checks.at_least("--shots", shots, 1)
+    check_support_size(len(task), shots)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(len(task), shots, replace=False))
 
 
 def to_input(image_hwc: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
     """Original image -> (1, C, size, size) float in [0, 1], resized exactly as the training cache does."""
-    from metaseg.data.cache import resize_image
-
     return torch.from_numpy(resize_image(image_hwc, size)).float().div_(255.0).unsqueeze(0).to(device)
 
 
@@ -129,13 +114,6 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
-def build_adapter(checkpoint: str | None, seed: int, steps: int | None, device: torch.device) -> tuple[nn.Module, nn.Module, str, dict]:
-    """Checkpoint -> its model and learner; no checkpoint -> the scratch baseline (random init, fine-tuned)."""
-    from metaseg.jobs.evaluate import build_method
-
-    return build_method(checkpoint, None, seed, steps, device=device)
-
-
 def run_adapt(
     checkpoint: str | None,
     support: str | Path,
@@ -149,62 +127,80 @@ def run_adapt(
     overwrite: bool = False,
     cache_dir: str | None = None,
     device: str | None = None,
+    reader_options: Mapping[str, Any] | None = None,
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Adapt on K support pairs, segment every image of `images`, write masks/overlays/CSV into `out`."""
-    from metaseg.data.cache import file_sha1, load_task
+    """Adapt on K support pairs, segment every image of `images`, write masks/overlays/CSV into `out`.
+
+    Options, --checkpoint, --support (enough pairs for --shots) and --images (has images) are all
+    checked before a model is built; --out is created only for the run, and a failed run removes
+    what it wrote there (never what was there before)."""
+    from metaseg.data.cache import file_sha1, list_task, load_task
     from metaseg.data.images import read_image, read_mask
+    from metaseg.jobs.evaluate import task_notes
     from metaseg.jobs.seen import SeenFlagger
 
-    out_dir = prepare_adapt_out(out, overwrite)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(seed)
-    model, learner, method, info = build_adapter(checkpoint, seed, steps, dev)
-    size = int(size or info.get("image_size") or 128)
-    seen = SeenFlagger(info)  # images the checkpoint was meta-trained/validated on are flagged
+    checks.at_least("--shots", shots, 1)
+    checks.at_least("--steps", steps, 0)
+    checks.at_least("--seed", seed, 0)
+    checks.image_size("--size", size)
+    folder = OutputFolder(out, OUTPUTS, overwrite).check()
+    dev = resolve_device(device)
+    if uses_checkpoint(checkpoint, None):
+        checks.checkpoint_file("--checkpoint", checkpoint)
+    options = dict(reader_options or {})
+    support_path = checks.existing_folder("--support", support)
+    check_support_size(len(list_task(support_path, layout, **options).pairs), shots)
+    queries, description = list_query_images(images, layout, options)
 
-    support_path = Path(support).expanduser()
-    if not support_path.is_dir():
-        raise MetasegError(f"--support: folder not found: {support_path}")
-    task = load_task(support_path, layout=layout, size=size, cache_dir=cache_dir)
+    torch.manual_seed(seed)
+    method = build_method(checkpoint, None, seed, steps, device=dev)
+    size = int(size or method.image_size)
+    seen = SeenFlagger(method.info)  # images the checkpoint was meta-trained/validated on are flagged
+    task = load_task(support_path, layout=layout, size=size, cache_dir=cache_dir, channels=method.in_channels, **options)
+    for line in task_notes(task, "--support"):
+        echo(line)
     rows = choose_support(task, shots, seed)
     sx = torch.from_numpy(task.images[rows]).float().div_(255.0).to(dev)
     sy = torch.from_numpy(task.masks[rows]).float().unsqueeze(1).to(dev)
     support_hashes = {task.hashes[i] for i in rows}
-    echo(f"{method}: adapting on {shots} support images of {support_path} at {size} px "
-         f"({'learner default' if steps is None else steps} steps): {', '.join(task.ids[i] for i in rows)}")
+    steps_note = "no network adapted" if method.steps is None else f"{method.steps} steps"
+    echo(f"{method.name}: adapting on {shots} support images of {support} at {size} px "
+         f"({steps_note}): {', '.join(task.ids[i] for i in rows)}")
     with torch.enable_grad():
-        fast = learner.adapt(model, sx, sy, steps=steps)
+        fast = method.learner.adapt(method.model, sx, sy, steps=method.steps)
 
-    queries, description = list_query_images(images, layout)
     echo(f"--images {images}: {description}")
     records = []
-    for q in queries:
-        image, _ = read_image(q.image)
-        pred = predict_original_size(learner, model, fast, image, size, dev)
-        gt = read_mask(q.mask)[0] if q.mask is not None else None
-        if gt is not None and gt.shape != pred.shape:
-            raise MetasegError(f"size mismatch: image {q.image} and mask {q.mask}")
-        mask_path = out_dir / "masks" / f"{q.id}.png"
-        overlay_path = out_dir / "overlays" / f"{q.id}.png"
-        save_mask(mask_path, pred)
-        overlay_path.parent.mkdir(parents=True, exist_ok=True)
-        overlay(image, pred, gt).save(overlay_path)
-        dice, iou = dice_iou(pred, gt) if gt is not None else (None, None)
-        records.append({
-            "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
-            "mask": str(mask_path), "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
-            "in_support": file_sha1(Path(q.image)) in support_hashes,
-            "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}",
-            "seen_in_training": seen.flag(q.image, image, file_sha1(Path(q.image))),
-        })
-    with open(out_dir / "predictions.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(records)
+    with folder.writing() as out_dir:
+        (out_dir / "masks").mkdir()
+        (out_dir / "overlays").mkdir()
+        for q in queries:
+            image, _ = read_image(q.image)
+            pred = predict_original_size(method.learner, method.model, fast, image, size, dev)
+            gt = read_mask(q.mask)[0] if q.mask is not None else None
+            if gt is not None and gt.shape != pred.shape:
+                raise MetasegError(f"size mismatch: image {q.image} and mask {q.mask}")
+            mask_path = out_dir / "masks" / f"{q.id}.png"
+            overlay_path = out_dir / "overlays" / f"{q.id}.png"
+            save_mask(mask_path, pred)
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            overlay(image, pred, gt).save(overlay_path)
+            dice, iou = dice_iou(pred, gt) if gt is not None else (None, None)
+            records.append({
+                "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
+                "mask": str(mask_path), "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
+                "in_support": file_sha1(Path(q.image)) in support_hashes,
+                "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}",
+                "seen_in_training": seen.flag(q.image, image, file_sha1(Path(q.image))),
+            })
+        with open(out_dir / "predictions.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(records)
 
     scored = [r for r in records if r["dice"] != "" and not r["in_support"]]
-    summary: dict[str, Any] = {"method": method, "images": len(records), "scored": len(scored),
+    summary: dict[str, Any] = {"method": method.name, "steps": method.steps, "images": len(records), "scored": len(scored),
                                "in_support": sum(bool(r["in_support"]) for r in records), "out": str(out_dir),
                                "seen_in_training": seen.count}
     echo(f"wrote {len(records)} masks to {out_dir / 'masks'}, overlays to {out_dir / 'overlays'}, "

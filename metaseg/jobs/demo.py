@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     from metaseg.training.fit import meta_train
     from metaseg.data.episodes import EpisodeSampler
     from metaseg.data.tasks import TaskSpec, load_spec
-    from metaseg.jobs.evaluate import build_method, evaluate_method, summarise
+    from metaseg.jobs.evaluate import evaluate_method, summarise
+    from metaseg.jobs.methods import build_method
 
     import torch
 
@@ -136,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"[demo] 2/3 adapting to the held-out task {task.name!r} (never seen in meta-training: {', '.join(train_names)}) "
           f"with {args.shots} shots, {args.episodes} episodes ...", flush=True)
 
-    scratch_model, scratch_learner, _, _ = build_method(None, "scratch", args.seed, steps)
+    scratch = build_method(None, "scratch", args.seed, steps)
+    scratch_model, scratch_learner = scratch.model, scratch.learner
     methods: list[tuple[str, Any, Any, int | None]] = [("meta-learned init, no adaptation", module.model, module.learner, 0)]
     for n in dict.fromkeys(s for s in (steps, args.long_steps) if s):  # equal budgets side by side
         methods.append((f"meta-learned init + {n} steps", module.model, module.learner, n))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -21,14 +20,18 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from metaseg.data.episodes import check_episode_counts
+from metaseg.data.tasks import TaskSpec
 from metaseg.data.types import Episode, TaskArrays
 from metaseg.errors import MetasegError
-from metaseg.metrics import dice_iou_per_image, mean_ci95
+from metaseg.jobs import checks
+from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
+from metaseg.meta.scoring import score_episode
+from metaseg.metrics import mean_ci95
+from metaseg.outputs import OutputFolder
 
 EPISODE_FIELDS = ("method", "shots", "episode", "task", "support_ids", "n_query", "dice", "iou", "seconds")
-SCRATCH_STEPS = 100  # fine-tuning steps of the scratch baseline when --steps is not given
-BASELINES = ("scratch", "support_prior", "medsam_lite_zeroshot", "medsam_lite_finetune")  # `--method` values that ignore --checkpoint
-MEDSAM_FINETUNE = {"inner_lr": 3e-4, "inner_optimizer": "adam", "inner_steps": 10}  # the benchmark's budget (docs/medsam_lite.md)
+OUTPUTS = ("episodes.csv", "images.csv", "summary.md")
 CI_NOTE = "95% CI: t-interval over per-image query scores pooled across all episodes of that K"
 
 
@@ -74,55 +77,12 @@ def check_disjoint(episode: Episode, task: TaskArrays | None = None) -> None:
         raise MetasegError(f"episode of task {episode.task!r}: support and query share {sorted(shared)[:3]}")
 
 
-def score_episode(
-    model: nn.Module, learner: nn.Module, episode: Episode, steps: int | None = None, chunk: int = 16,
-    variants: Mapping[str, Mapping[str, Any]] | None = None,
-) -> tuple[list[float], list[float]] | dict[str, tuple[list[float], list[float]]]:
-    """Adapt on the support set, predict the query set in chunks, return per-image Dice and IoU.
-
-    `variants` ({suffix: {model attribute: value}}, e.g. {"": {}, "_refine": {"refine": 1}}) scores
-    several prediction modes after ONE adaptation (adaptation is the expensive part) and returns
-    {suffix: (dice, iou)}; the attributes are restored afterwards.
-    """
-    with torch.enable_grad():
-        fast = learner.adapt(model, episode.support_x, episode.support_y, steps=steps)
-    scores = {}
-    for suffix, overrides in (variants or {"": {}}).items():
-        dice, iou = [], []
-        with model_attributes(model, overrides), torch.no_grad():
-            for start in range(0, episode.query_x.shape[0], chunk):
-                logits = learner.predict(model, fast, episode.query_x[start:start + chunk])
-                d, i = dice_iou_per_image(logits.float(), episode.query_y[start:start + chunk])
-                dice += d.tolist()
-                iou += i.tolist()
-        scores[suffix] = (dice, iou)
-    return scores if variants is not None else scores[""]
-
-
-@contextmanager
-def model_attributes(model: nn.Module, overrides: Mapping[str, Any]) -> Iterator[None]:
-    """Temporarily set attributes the model exposes as prediction options (unknown ones are an error)."""
-    old = {}
-    for name, value in overrides.items():
-        if not hasattr(model, name):
-            raise MetasegError(f"variant option {name!r}: a {type(model).__name__} has no such prediction option")
-        old[name] = getattr(model, name)
-        setattr(model, name, value)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            setattr(model, name, value)
-
-
 def evaluation_episodes(tasks: Sequence[TaskArrays], k: int, episodes: int, seed: int, queries: int) -> Iterator[Episode]:
     """The fixed, checked evaluation episodes for one K: the same for every method given the same seed."""
     from metaseg.data.episodes import EpisodeSampler
 
-    smallest = min(len(t) for t in tasks)
-    q = min(int(queries), smallest - int(k))
-    if k < 1 or q < 1:
-        raise MetasegError(f"--shots {k}: the smallest task has {smallest} images, too few for {k} shots plus a query")
+    check_episode_counts([k], queries, {t.name: len(t) for t in tasks})
+    q = min(int(queries), min(len(t) for t in tasks) - int(k))
     by_name = {t.name: t for t in tasks}
     sampler = EpisodeSampler(list(tasks), shots=int(k), queries=q, seed=seed, stream="evaluate")
     for index in range(episodes):
@@ -150,10 +110,11 @@ def evaluate_method(
     The same (tasks, K, seed) always gives the same episodes, so methods evaluated with the same
     seed are compared on identical supports and queries. The model is never modified (learners
     adapt functionally). `queries` is capped by the smallest task's size minus K. `variants`: see
-    `score_episode`; each variant's results carry the method name plus its suffix.
+    `metaseg.meta.scoring.score_episode`; each variant's results carry the method name plus its suffix.
+    Every K is checked against every task before the first episode runs.
     """
-    if episodes < 1:
-        raise MetasegError(f"--episodes must be >= 1 (got {episodes})")
+    checks.at_least("--episodes", episodes, 1)
+    check_episode_counts(list(shots), queries, {t.name: len(t) for t in tasks})
     device = torch.device(device) if device is not None else next(model.parameters()).device
     results: list[EpisodeResult] = []
     for k in shots:
@@ -161,9 +122,9 @@ def evaluate_method(
             start = time.perf_counter()
             scores = score_episode(model, learner, episode.to(device), steps=steps, variants=variants or {"": {}})
             seconds = time.perf_counter() - start
-            for suffix, (dice, iou) in scores.items():
+            for suffix, s in scores.items():
                 results.append(EpisodeResult(method + suffix, int(k), index, episode.task, episode.support_ids,
-                                             episode.query_ids, dice, iou, seconds))
+                                             episode.query_ids, s.dice, s.iou, seconds))
                 if progress is not None:
                     progress(results[-1])
     return results
@@ -218,47 +179,6 @@ def _pm(mean: float, ci: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {ci:.4f}"
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool, names: Sequence[str] = ()) -> Path:
-    """Create `out`; a folder that already holds files is only written into with --overwrite."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MetasegError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise MetasegError(f"--out {out} is not empty; pass --overwrite to write into it")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def build_method(checkpoint: str | None, method: str | None, seed: int, steps: int | None,
-                 model_config: dict | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module, str, dict]:
-    """(model, learner, method name, checkpoint info) for a checkpoint, or a baseline.
-
-    Scratch: a randomly initialised network with the default U-Net config (seeded), trained on
-    the K shots by the `transfer` learner's fine-tuning (same step count as the others).
-    support_prior: the mean of the K support masks cut to their mean area, no network (the floor to beat).
-    """
-    from metaseg.checkpoints import load_module
-
-    if checkpoint and str(checkpoint).lower() != "none" and method not in BASELINES:
-        module = load_module(checkpoint, "--checkpoint", map_location=device)
-        name = method or module.hparams.learner["name"]
-        return module.model, module.learner, name, module.checkpoint_info
-    from metaseg.meta import create_learner
-    from metaseg.models import create_model
-
-    if method in ("medsam_lite_zeroshot", "medsam_lite_finetune"):  # the pretrained base, no meta-training
-        model = create_model("medsam_lite", image_size=128).to(device).eval()
-        budget = dict(MEDSAM_FINETUNE, inner_steps=0 if method == "medsam_lite_zeroshot" else int(steps or MEDSAM_FINETUNE["inner_steps"]))
-        return model, create_learner("transfer", **budget).to(device), method, {"image_size": 128}
-    torch.manual_seed(seed)
-    with torch.enable_grad():  # building the U-Net runs a probe backward pass
-        model = create_model(**(model_config or {"kind": "unet"})).to(device).eval()
-    if method == "support_prior":
-        return model, create_learner("support_prior"), "support_prior", {}
-    learner = create_learner("transfer", inner_steps=int(steps or SCRATCH_STEPS)).to(device)
-    return model, learner, "scratch", {}
-
-
 def run_evaluate(
     checkpoint: str | None,
     dataset: str,
@@ -273,56 +193,97 @@ def run_evaluate(
     method: str | None = None,
     overwrite: bool = False,
     cache_dir: str | None = None,
+    device: str | None = None,
+    reader_options: Mapping[str, Any] | None = None,
     echo: Any = print,
     allow_seen: bool = False,
 ) -> list[dict[str, Any]]:
     """`metaseg evaluate`: writes episodes.csv, images.csv and summary.md into `out`; returns the summary rows.
+
+    Every option, the dataset (listed, not decoded) and every K against it are checked before a
+    model is built; --out is created only for the run and left as it was if the run fails.
     Images the checkpoint was meta-trained or meta-validated on are refused unless `allow_seen`."""
-    from metaseg.data.tasks import load_spec
+    from metaseg.data.tasks import count_images, load_spec
     from metaseg.jobs.seen import check_evaluation_task
 
-    out = prepare_out_dir(out, overwrite)
-    model, learner, name, info = build_method(checkpoint, method, seed, steps)
-    if name == "medsam_lite_zeroshot":
-        steps = 0  # zero-shot means no adaptation, whatever --steps says
-    size = int(size or info.get("image_size") or 128)
-    spec: dict[str, Any] = {"root": _dataset_root(dataset)}
-    if layout:
-        spec["layout"] = layout
-    task = load_spec(spec, size=size, cache_dir=cache_dir)
-    seen = check_evaluation_task(info, task, allow_seen, f"--dataset {dataset}")  # before any episode runs
+    for option, value, minimum in (("--episodes", episodes, 1), ("--queries", queries, 1), ("--steps", steps, 0),
+                                   ("--seed", seed, 0)):
+        checks.at_least(option, value, minimum)
+    checks.image_size("--size", size)
+    check_episode_counts(list(shots), queries, {})
+    folder = OutputFolder(out, OUTPUTS, overwrite).check()
+    dev = resolve_device(device)
+    if uses_checkpoint(checkpoint, method):
+        checks.checkpoint_file("--checkpoint", checkpoint)
+    spec = dataset_spec(dataset, layout, reader_options)
+    check_episode_counts(list(shots), queries, {spec.name: count_images(spec)})
+
+    found = build_method(checkpoint, method, seed, steps, device=dev)
+    size = int(size or found.image_size)
+    task = load_spec(spec, size=size, cache_dir=cache_dir, channels=found.in_channels)
+    seen = check_evaluation_task(found.info, task, allow_seen, f"--dataset {dataset}")  # before any episode runs
+    for line in task_notes(task, "--dataset"):
+        echo(line)
 
     def progress(r: EpisodeResult) -> None:
         echo(f"K={r.shots} episode {r.episode + 1}/{episodes}: Dice {r.dice:.4f} IoU {r.iou:.4f} ({r.seconds:.1f}s)")
 
-    results = evaluate_method(model, learner, [task], shots, episodes, seed=seed, steps=steps,
-                              queries=queries, method=name, progress=progress)
-    rows = summarise(results)
-    seen_lines = seen.summary_lines([q for r in results for q in r.query_ids]) if seen else []
-    write_episode_csv(results, out / "episodes.csv")
-    write_image_csv(results, out / "images.csv")
-    details = [
-        f"checkpoint: {info.get('path', f'none ({name} baseline)')}",
-        f"dataset: {dataset} ({task.name}, {len(task)} images at {size} px)",
-        f"episodes per K: {episodes}; queries per episode: up to {queries}; seed: {seed}; "
-        f"adaptation steps: {steps if steps else 'learner default'}",
-        "support and query of every episode are disjoint (checked by id and content hash)",
-        *seen_lines,
-    ]
-    (out / "summary.md").write_text(summary_markdown(rows, f"Few-shot evaluation: {name} on {task.name}", details))
+    with folder.writing() as out:
+        results = evaluate_method(found.model, found.learner, [task], shots, episodes, seed=seed, steps=found.steps,
+                                  queries=queries, method=found.name, device=dev, progress=progress)
+        rows = summarise(results)
+        seen_lines = seen.summary_lines([q for r in results for q in r.query_ids]) if seen else []
+        write_episode_csv(results, out / "episodes.csv")
+        write_image_csv(results, out / "images.csv")
+        adaptation = "" if found.steps is None else f"; adaptation steps: {found.steps}"
+        details = [
+            f"checkpoint: {found.checkpoint or f'none ({found.name} baseline)'}",
+            f"dataset: {dataset} ({task.name}, {len(task)} images at {size} px)",
+            f"episodes per K: {episodes}; queries per episode: up to {queries}; seed: {seed}{adaptation}",
+            "support and query of every episode are disjoint (checked by id and content hash)",
+            *task_notes(task, "dataset"),
+            *seen_lines,
+        ]
+        (out / "summary.md").write_text(summary_markdown(rows, f"Few-shot evaluation: {found.name} on {task.name}", details))
+    steps_note = "" if found.steps is None else f", {found.steps} adaptation steps"
     for r in rows:
         echo(f"{r['method']} K={r['shots']}: Dice {_pm(r['dice'], r['dice_ci95'])}, IoU {_pm(r['iou'], r['iou_ci95'])} "
-             f"({r['images']} query images, {r['episodes']} episodes)")
+             f"({r['images']} query images, {r['episodes']} episodes{steps_note})")
     for line in seen_lines:
         echo(line)
     echo(f"wrote {out / 'episodes.csv'}, {out / 'images.csv'}, {out / 'summary.md'}")
     return rows
 
 
-def _dataset_root(dataset: str) -> str:
-    """A folder that exists relative to the working directory is used as such; otherwise the name is
-    looked up under the data root (../shared/datasets or $METASEG_DATA); synthetic:<family> also works."""
-    if dataset.startswith("synthetic:"):
-        return dataset
-    path = Path(dataset).expanduser()
-    return str(path.resolve()) if path.exists() else dataset
+def task_notes(task: TaskArrays, where: str) -> list[str]:
+    """What building the task changed, said once: dropped duplicates, channel conversion."""
+    notes = []
+    if task.duplicates:
+        dropped, kept = task.duplicates[0]
+        notes.append(f"{where}: {len(task.duplicates)} byte-identical duplicate image(s) left out (e.g. {dropped} = {kept})")
+    if task.conversion:
+        notes.append(f"{where}: {task.conversion}")
+    return notes
+
+
+def dataset_spec(dataset: str, layout: str | None = None, reader_options: Mapping[str, Any] | None = None) -> TaskSpec:
+    """--dataset as a task spec: a folder relative to the working directory, else a name under the
+    data root (../shared/datasets or $METASEG_DATA), or synthetic:<family>. A name that is neither
+    is refused naming what was typed and every place it was looked for."""
+    from metaseg.data.tasks import SYNTHETIC_PREFIX, resolve_data_root
+
+    options = dict(reader_options or {})
+    category = options.pop("category", None)
+    if dataset.startswith(SYNTHETIC_PREFIX):
+        return TaskSpec.coerce({"root": dataset, "layout": layout, "category": category, **options})
+    here = Path(dataset).expanduser()
+    if here.is_dir():
+        root = here.resolve()
+    else:
+        base = None if here.is_absolute() else resolve_data_root()
+        root = base / dataset if base is not None else None
+        if root is None or not root.is_dir():
+            where = f"{here.resolve()}" + (f" nor {root}" if root is not None else " (no data root: set METASEG_DATA)")
+            raise MetasegError(f"--dataset {dataset}: no such dataset folder: {where}")
+    return TaskSpec.coerce({"name": Path(dataset).name or root.name, "root": str(root), "layout": layout,
+                            "category": category, **options})

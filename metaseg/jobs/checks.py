@@ -1,0 +1,46 @@
+"""Checks every job runs on its options before it builds a model or decodes an image.
+
+Each failure is one MetasegError naming the option as the user typed it, so a wrong value costs
+nothing (no model load, no cache fill, no half-written --out).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metaseg.errors import MetasegError
+
+MIN_SIZE = 8  # smallest network input side the cache accepts
+
+
+def at_least(option: str, value: Any, minimum: int) -> None:
+    """An integer option that must be >= minimum (None = not given, fine)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MetasegError(f"{option} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise MetasegError(f"{option} must be >= {minimum}, got {value}")
+
+
+def image_size(option: str, value: int | None) -> None:
+    """--size: not given, or a square side >= MIN_SIZE (0 is refused, not read as 'not given')."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < MIN_SIZE):
+        raise MetasegError(f"{option} must be an image side >= {MIN_SIZE} px (e.g. 128), got {value!r}")
+
+
+def existing_folder(option: str, value: str | Path) -> Path:
+    """A folder the user named on the command line (relative to the working directory)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise MetasegError(f"{option} {value}: no such folder")
+    if not path.is_dir():
+        raise MetasegError(f"{option} {value}: not a folder")
+    return path
+
+
+def checkpoint_file(option: str, value: str | Path) -> None:
+    """A readable metaseg checkpoint (read with weights_only; no model is built)."""
+    from metaseg.checkpoints import read_checkpoint
+
+    read_checkpoint(value, option)
