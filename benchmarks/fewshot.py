@@ -33,7 +33,6 @@ refused (pass --restart to discard it). The table, plots and README section are 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import inspect
@@ -51,6 +50,7 @@ import torch
 import yaml
 
 from metaseg.data.types import TaskArrays
+from metaseg.cli import Parser
 from metaseg.errors import MetasegError
 
 CONFIG_KEYS = {
@@ -277,6 +277,19 @@ def fold(cfg: dict[str, Any], method: str, tasks: dict[str, TaskArrays], target:
     return train, val
 
 
+def check_sizes(cfg: dict[str, Any], targets: Sequence[str]) -> None:
+    """image_size, and every evaluation K against every target (listed, not decoded), before any work."""
+    from metaseg.data.episodes import check_episode_counts
+    from metaseg.data.tasks import TaskSpec, count_images
+    from metaseg.jobs import checks
+
+    checks.image_size("image_size", cfg["image_size"])
+    specs = {TaskSpec.coerce(d).name: d for d in cfg["datasets"]}
+    sizes = {t: count_images(specs[t], cfg.get("data_root")) for t in targets}
+    ev = cfg["evaluation"]
+    check_episode_counts(ev["shots"], ev.get("queries", 15), sizes, names=("evaluation.shots", "evaluation.queries"))
+
+
 def load_tasks(cfg: dict[str, Any], echo: Echo = print) -> dict[str, TaskArrays]:
     """Every configured dataset at the benchmark size (through the on-disk cache)."""
     from metaseg.data.tasks import TaskSpec, load_spec
@@ -471,6 +484,8 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
     """
     cfg = check_config(copy.deepcopy(cfg))
     device = device or cfg.get("device") or "cpu"
+    if str(device).split(":")[0] not in ("cpu", "cuda"):
+        raise MetasegError(f"--device {device!r}: expected cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MetasegError("--device cuda: no CUDA device is available")
     _set_threads(cfg, device)
@@ -480,6 +495,7 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
     unknown = [m for m in methods if m not in cfg["methods"]] + [t for t in targets if t not in cfg["targets"]]
     if unknown:
         raise MetasegError(f"--methods/--targets: {unknown} not in the configuration")
+    check_sizes(cfg, targets)
     jobs = int(jobs or cfg.get("jobs") or 1)
     work_dir = Path(cfg.get("work_dir") or "runs/fewshot")
     if restart and work_dir.exists():
@@ -537,14 +553,17 @@ def write_results(doc: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fewshot", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.fewshot", description=__doc__.split("\n\n")[0])  # one-line usage errors
     parser.add_argument("--config", default="benchmarks/fewshot.yaml", help="benchmark YAML (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all in the config)")
     parser.add_argument("--targets", nargs="+", default=None, help="only these targets (default: all in the config)")
     parser.add_argument("--restart", action="store_true", help="discard the partial results in work_dir first")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: the config's `jobs`, else 1)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     try:
         from benchmarks.report import write_report
 

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, command_flags
 
 # subcommand -> module in metaseg.commands (imported lazily so `metaseg data list` starts fast)
 SUBCOMMANDS = {
@@ -32,6 +32,16 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The option strings of the (sub)command that parsed `args` (e.g. `metaseg data check`)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen is None:
+            return {flag for action in parser._actions for flag in action.option_strings}
+        parser = subs[0].choices[chosen]
 
 
 def pop_threads(argv: list[str]) -> tuple[int | None, list[str]]:
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if threads:
         set_threads(threads)
     parser = Parser(prog="metaseg", description="Few-shot meta-learning of medical image segmentation",
-                                     epilog="Global option, before the command: --threads N pins torch's CPU threads.")
+                    epilog="Global option, before the command: --threads N pins torch's CPU threads.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     modules = {}
     for name, mod in SUBCOMMANDS.items():
@@ -102,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with command_flags(flags_of(parser, args)):  # errors suggest only options this command has
+            return int(args.func(args) or 0)
     except MetasegError as exc:
         print(f"metaseg: error: {exc}", file=sys.stderr)
         return 2

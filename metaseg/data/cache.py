@@ -26,7 +26,7 @@ from metaseg.data import images as imagesmod
 from metaseg.data.readers import detect_layout, list_pairs
 from metaseg.data.resize import conversion_note, resize_image, resize_mask, to_channels
 from metaseg.data.types import Pair, TaskArrays
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, option
 
 CACHE_VERSION = 1  # bump when decoding/resizing rules change, so old entries are not reused
 
@@ -198,7 +198,8 @@ def load_task(
         try:
             _save(entry, **stored)
         except OSError as exc:
-            raise MetasegError(f"cannot write the cache entry {entry}: {exc} (set --cache-dir or $METASEG_CACHE)") from None
+            raise MetasegError(f"cannot write the cache entry {entry}: {exc} "
+                           f"(set {' or '.join(o for o in (option('cache_dir'), '$METASEG_CACHE') if o)})") from None
         images, conversion = _assemble(stored, channels)
     kept = stored["kept"].tolist()
     return TaskArrays(task_name, images, stored["masks"], [pairs[i].id for i in kept], [hashes[i] for i in kept],

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from metaseg.data.episodes import EpisodeSampler
 from metaseg.data.tasks import TaskSpec, check_leakage, load_spec, split_meta_val
 from metaseg.data.types import Episode, TaskArrays
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, at_least
 
 
 def keep_list(batch: list[Episode]) -> list[Episode]:
@@ -168,6 +168,8 @@ class MetaDataModule(pl.LightningDataModule):
             raise MetasegError(f"data.augment must be true, false, 'default', 'dihedral' or 'none', got {augment!r}")
         if meta_batch_size < 1 or train_episodes_per_epoch < 1:
             raise MetasegError("meta_batch_size and train_episodes_per_epoch must be >= 1")
+        for key, low in {"image_size": 8, "shots": 1, "queries": 1, "val_episodes": 1, "test_episodes": 1, "seed": 0}.items():
+            at_least(f"data.{key}", locals()[key], low)  # before any task is loaded, named as the option is set
         self.train_specs = [TaskSpec.coerce(s) for s in train_tasks or ()]
         self.val_specs = [TaskSpec.coerce(s) for s in val_tasks or ()]
         self.test_specs = [TaskSpec.coerce(s) for s in test_tasks or ()]

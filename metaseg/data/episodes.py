@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from metaseg.data.types import Episode, TaskArrays
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, at_least
 
 # augment(images uint8 (K,C,H,W), masks uint8 (K,H,W), seed) -> (images, masks); see metaseg.data.transforms
 Augment = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -187,21 +187,22 @@ def _to_float(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor,
     return x.div_(255.0), y
 
 
-def check_episode_counts(shots: Sequence[int], queries: int, sizes: dict[str, int], cap_queries: bool = True) -> None:
+def check_episode_counts(shots: Sequence[int], queries: int, sizes: dict[str, int], cap_queries: bool = True,
+                         names: tuple[str, str] = ("--shots", "--queries")) -> None:
     """The one check of --shots and --queries, against every task, before any episode is drawn or any
-    image decoded (`metaseg evaluate` checks all its K at once; `metaseg data sample` shares it).
+    image decoded (`metaseg evaluate` checks all its K at once; `metaseg data sample` and the
+    benchmark, which names them `names`, share it).
 
     cap_queries: queries are cut to what a task has left after K shots (evaluation), so only one
     query is needed; otherwise every task must hold shots + queries images (what the sampler draws).
     """
+    shots_name, queries_name = names
     for k in shots:
-        if isinstance(k, bool) or int(k) < 1:
-            raise MetasegError(f"--shots must be >= 1 (got {k})")
-    if int(queries) < 1:
-        raise MetasegError(f"--queries must be >= 1 (got {queries})")
+        at_least(shots_name, k, 1)
+    at_least(queries_name, queries, 1)
     for k in shots:
         for name, n in sizes.items():
-            need = int(k) + (1 if cap_queries else int(queries))
+            need = k + (1 if cap_queries else queries)
             if n < need:
-                what = "plus one query image" if cap_queries else f"plus --queries {queries}"
-                raise MetasegError(f"--shots {k}: task {name!r} has {n} images, too few for {k} shots {what}")
+                what = "plus one query image" if cap_queries else f"plus {queries_name} {queries}"
+                raise MetasegError(f"{shots_name} {k}: task {name!r} has {n} images, too few for {k} shots {what}")

@@ -8,25 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, at_least  # noqa: F401  (at_least: re-exported for the jobs)
 
 MIN_SIZE = 8  # smallest network input side the cache accepts
-
-
-def at_least(option: str, value: Any, minimum: int) -> None:
-    """An integer option that must be >= minimum (None = not given, fine)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MetasegError(f"{option} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise MetasegError(f"{option} must be >= {minimum}, got {value}")
 
 
 def image_size(option: str, value: int | None) -> None:
     """--size: not given, or a square side >= MIN_SIZE (0 is refused, not read as 'not given')."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < MIN_SIZE):
-        raise MetasegError(f"{option} must be an image side >= {MIN_SIZE} px (e.g. 128), got {value!r}")
+        raise MetasegError(f"{option} must be an image side >= {MIN_SIZE} px, e.g. 128 (got {value!r})")
 
 
 def existing_folder(option: str, value: str | Path) -> Path:

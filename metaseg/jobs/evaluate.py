@@ -206,8 +206,7 @@ def run_evaluate(
     from metaseg.data.tasks import count_images, load_spec
     from metaseg.jobs.seen import check_evaluation_task
 
-    for option, value, minimum in (("--episodes", episodes, 1), ("--queries", queries, 1), ("--steps", steps, 0),
-                                   ("--seed", seed, 0)):
+    for option, value, minimum in (("--episodes", episodes, 1), ("--steps", steps, 0), ("--seed", seed, 0)):
         checks.at_least(option, value, minimum)
     checks.image_size("--size", size)
     check_episode_counts(list(shots), queries, {})

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from metaseg.data.readers import busi, generic, isic, layouts, msd
 from metaseg.data.types import Pair
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, option
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,11 @@ def detect_layout(root: str | Path) -> str:
     for layout in LAYOUTS.values():
         if layout.detect(path):
             return layout.name
+    layout, folders = option("layout"), [o for o in (option("images_dir"), option("masks_dir")) if o]
+    generic = "generic needs an images/ and a masks/ folder" + (f", or {'/'.join(folders)}" if len(folders) == 2 else "")
     raise MetasegError(
-        f"cannot detect the dataset layout of {path}; pass --layout; known layouts: {', '.join(LAYOUTS)} "
-        "(generic needs an images/ and a masks/ folder, or --images-dir/--masks-dir)"
+        f"cannot detect the dataset layout of {path}" + (f"; set {layout}" if layout else "")
+        + f"; known layouts: {', '.join(LAYOUTS)} ({generic})"
     )
 
 
