@@ -31,7 +31,5 @@ def test_subcommand_that_fails_to_import_names_the_import_error_in_one_line(brok
 def test_other_subcommands_still_work_when_one_fails_to_import(broken_synth, capsys):
     assert cli.main(["data", "list"]) == 0
     assert "isic" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--help"])
-    assert exit_info.value.code == 0
+    assert cli.main(["--help"]) == 0  # main returns the exit code (usage errors and --help included)
     assert "unavailable" in capsys.readouterr().out
