@@ -21,6 +21,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "metaseg.errors": (0, "base"),
     "metaseg.losses": (0, "base"),
     "metaseg.metrics": (0, "base"),
+    "metaseg.outputs": (0, "base"),       # --out: refuse early, undo a failed run (jobs and generative use it)
     "metaseg.registry": (0, "base"),      # names learners/models as strings, imported when built
     "metaseg.data": (1, "data"),
     "metaseg.models": (2, "models"),
