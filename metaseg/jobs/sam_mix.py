@@ -82,18 +82,22 @@ def run_sam_mix_adapt(
     """Train SAM-Mix on `support` (labels + K masks), segment every image of `images` into `out`."""
     from metaseg.data.cache import file_sha1, load_task
     from metaseg.data.images import read_image, read_mask
-    from metaseg.jobs.adapt import dice_iou, list_query_images, overlay, prepare_adapt_out, save_mask, to_input
+    from metaseg.jobs import checks
+    from metaseg.jobs.adapt import OUTPUTS, dice_iou, list_query_images, overlay, save_mask, to_input
     from metaseg.models.sam_mix import create_sam_mix
+    from metaseg.outputs import OutputFolder
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix
 
-    support_path = Path(support).expanduser()
-    if not support_path.is_dir():
-        raise MetasegError(f"--support: folder not found: {support_path}")
+    for option, value, minimum in (("--shots", shots, 1), ("--steps", steps, 0), ("--warmup", warmup, 0), ("--seed", seed, 0)):
+        checks.at_least(option, value, minimum)
+    checks.image_size("--size", size)
+    folder = OutputFolder(out, OUTPUTS, overwrite).check()  # created only once the inputs are valid
+    support_path = checks.existing_folder("--support", support)
+    queries, description = list_query_images(images, layout)  # --images checked before any training
     size = int(size or 128)
     label_map = read_labels_csv(labels, absent_class) if labels else dataset_labels(support_path, layout, absent_class)
     task = load_task(support_path, layout=layout, size=size, cache_dir=cache_dir)
     rows, present, chosen = training_rows(task.ids, task.masks, label_map, shots, seed)
-    out_dir = prepare_adapt_out(out, overwrite)
     torch.manual_seed(seed)
     model = create_sam_mix(prompts=prompts, cam_threshold=cam_threshold, image_size=size, seed=seed)
     budget = SamMixBudget(**{k: v for k, v in (("steps", steps), ("warmup", warmup)) if v is not None})
@@ -102,32 +106,34 @@ def run_sam_mix_adapt(
     fit_sam_mix(model, task.images[rows], present, task.images[chosen], task.masks[chosen], budget, seed=seed)
     support_hashes = {task.hashes[i] for i in chosen}
 
-    queries, description = list_query_images(images, layout)
     echo(f"--images {images}: {description}")
     records = []
-    for q in queries:
-        image, _ = read_image(q.image)
-        with torch.no_grad():
-            result = model.outputs(to_input(image, size, torch.device("cpu")))
-            logits = F.interpolate(result["logits"], size=image.shape[:2], mode="bilinear", align_corners=False)
-        pred = (logits[0, 0] > 0).numpy()
-        gt = read_mask(q.mask)[0] if q.mask is not None else None
-        mask_path, overlay_path = out_dir / "masks" / f"{q.id}.png", out_dir / "overlays" / f"{q.id}.png"
-        save_mask(mask_path, pred)
-        overlay_path.parent.mkdir(parents=True, exist_ok=True)
-        overlay(image, pred, gt).save(overlay_path)
-        dice, iou = dice_iou(pred, gt) if gt is not None and gt.shape == pred.shape else (None, None)
-        records.append({
-            "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
-            "presence": f"{float(torch.sigmoid(result['presence'][0])):.4f}", "mask": str(mask_path),
-            "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
-            "in_support": file_sha1(Path(q.image)) in support_hashes,
-            "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}",
-        })
-    with open(out_dir / "predictions.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(records)
+    with folder.writing() as out_dir:
+        (out_dir / "masks").mkdir()
+        (out_dir / "overlays").mkdir()
+        for q in queries:
+            image, _ = read_image(q.image)
+            with torch.no_grad():
+                result = model.outputs(to_input(image, size, torch.device("cpu")))
+                logits = F.interpolate(result["logits"], size=image.shape[:2], mode="bilinear", align_corners=False)
+            pred = (logits[0, 0] > 0).numpy()
+            gt = read_mask(q.mask)[0] if q.mask is not None else None
+            mask_path, overlay_path = out_dir / "masks" / f"{q.id}.png", out_dir / "overlays" / f"{q.id}.png"
+            save_mask(mask_path, pred)
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            overlay(image, pred, gt).save(overlay_path)
+            dice, iou = dice_iou(pred, gt) if gt is not None and gt.shape == pred.shape else (None, None)
+            records.append({
+                "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
+                "presence": f"{float(torch.sigmoid(result['presence'][0])):.4f}", "mask": str(mask_path),
+                "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
+                "in_support": file_sha1(Path(q.image)) in support_hashes,
+                "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}",
+            })
+        with open(out_dir / "predictions.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(records)
     scored = [float(r["dice"]) for r in records if r["dice"] != "" and not r["in_support"]]
     summary: dict[str, Any] = {"method": "sam_mix", "images": len(records), "scored": len(scored), "out": str(out_dir)}
     echo(f"wrote {len(records)} masks to {out_dir / 'masks'}, overlays to {out_dir / 'overlays'}, scores to {out_dir / 'predictions.csv'}")
