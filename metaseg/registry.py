@@ -29,12 +29,15 @@ LEARNERS: dict[str, str] = {
     "transfer": "metaseg.meta.learners.transfer:Transfer",
     "sam_adapter": "metaseg.meta.learners.sam_adapter:SamAdapter",
     "support_prior": "metaseg.meta.learners.support_prior:SupportPrior",
+    "incontext": "metaseg.meta.learners.incontext:InContext",
 }
 
 MODELS: dict[str, str] = {
     "unet": "metaseg.models.unet:create_unet",
     "sam": "metaseg.models.sam:create_sam",
     "medsam_lite": "metaseg.models.medsam_lite:create_medsam_lite",
+    "incontext_unet": "metaseg.models.incontext:create_incontext_unet",
+    "incontext_sam": "metaseg.models.incontext_sam:create_incontext_sam",
 }
 
 

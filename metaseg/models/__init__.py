@@ -1,5 +1,5 @@
 """Segmentation networks: `create_model(kind, **options)` maps (B, C, H, W) in [0, 1] to
-(B, 1, H, W) logits. The kinds (`unet`, `sam`, `medsam_lite`) and their modules are listed in
+(B, 1, H, W) logits. The kinds (`unet`, `sam`, `medsam_lite`, `incontext_unet`, `incontext_sam`) and their modules are listed in
 `metaseg.registry`, which also checks the options against the factory's signature."""
 from __future__ import annotations
 

