@@ -154,7 +154,10 @@ PAIRS = (("imaml", "maml"), ("imaml", "scratch"), ("imaml", "transfer"), ("imaml
          # issue 16: meta-learning on the pretrained base against fine-tuning the same base, and the U-Net
          ("medsam_lite_fomaml", "medsam_lite_finetune"), ("medsam_lite_imaml", "medsam_lite_finetune"),
          ("medsam_lite_fomaml_refine", "medsam_lite_finetune_refine"), ("medsam_lite_imaml_refine", "medsam_lite_finetune_refine"),
-         ("medsam_lite_fomaml", "transfer"), ("medsam_lite_imaml", "transfer"))
+         ("medsam_lite_fomaml", "transfer"), ("medsam_lite_imaml", "transfer"),
+         # issue 12: in-context learners (no gradient step) against the gradient-based methods on the same base
+         ("incontext_sam", "medsam_lite_finetune"), ("incontext_sam", "medsam_lite_fomaml"), ("incontext_sam", "incontext_unet"),
+         ("incontext_sam_ens", "incontext_sam"), ("incontext_unet", "transfer"), ("incontext_unet", "prior"))
 
 
 def comparison_lines(doc: dict[str, Any], shots: int = 5) -> list[str]:

