@@ -268,3 +268,24 @@ def test_benchmark_reuse_restores_only_parts_whose_configuration_is_unchanged(tm
     said = []
     assert restore(changed, results, echo=said.append) == len(earlier) - 3
     assert len(said) == 3 and not (tmp_path / "b" / "partial" / "CVC-ClinicDB__medsam_lite_fomaml.json").exists()
+
+
+def test_compare_pairs_episodes_and_reads_the_targets_off_the_numbers():
+    """incontext_compare pairs episode i with episode i; a copy of a method compares as +0.0."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.incontext_compare import report
+
+    root = Path(__file__).resolve().parents[1]
+    medsam = json.loads((root / "benchmarks" / "results" / "fewshot_medsam.json").read_text())
+    rows = []
+    for r in medsam["rows"]:
+        if r["method"] == "medsam_lite_finetune":
+            rows.append(dict(r, method="incontext_sam", episode_dice=r["episode_dice"][:10]))
+        if r["method"] == "prior":
+            rows.append(dict(r, method="incontext_unet", episode_dice=r["episode_dice"][:10]))
+    text = report({"rows": rows, "command": "x"}, medsam, None)
+    assert "| CVC-ClinicDB | 5 | incontext_sam − medsam_lite_finetune | +0.0 ± 0.0 | 10 |" in text
+    assert "first 10 episodes" in text
+    assert "target ≥ +10: missed" in text or "target ≥ +10: met" in text

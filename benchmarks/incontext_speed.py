@@ -1,0 +1,90 @@
+"""Seconds per adapted image of every method of few-shot benchmark configurations (issue 12): the
+in-context learners (no gradient step) against fine-tuning and meta-learned adaptation:
+
+    python -m benchmarks.incontext_speed --config benchmarks/fewshot_incontext.yaml benchmarks/fewshot_medsam.yaml
+
+For each method (upper bounds excluded), `--episodes` K=`--shots` episodes of the first target,
+one torch thread, each variant timed on its own: (adaptation + prediction of the episode's
+queries) / number of queries. A meta-trained method is timed with its checkpoint from the
+benchmark's work_dir when it is on this machine, else with its untrained network (the cost of
+adaptation does not depend on the weights' values); `weights` in the output says which. The
+first episode of each method also fills the embedding cache where it is cold, so it is a warm-up
+and is not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from benchmarks.fewshot import adaptation, build_untrained, environment, load_config, load_tasks, meta_trained
+from metaseg.errors import MetasegError
+
+
+def load_method(cfg: dict[str, Any], method: str, target: str, device: str) -> tuple[Any, Any, str]:
+    """(model, learner, where the weights came from)."""
+    from metaseg.checkpoints import load_module
+
+    done = Path(cfg.get("work_dir") or "runs/fewshot") / target / method / "trained.json"
+    if meta_trained(cfg, method) and done.exists():
+        module = load_module(json.loads(done.read_text())["checkpoint"], "checkpoint", map_location=device).eval()
+        return module.model, module.learner, "meta-trained checkpoint"
+    model, learner = build_untrained(cfg, method, device)
+    return model, learner, "untrained weights (same cost)" if meta_trained(cfg, method) else "as benchmarked"
+
+
+def time_method(cfg: dict[str, Any], method: str, task: Any, shots: int, episodes: int) -> list[dict[str, Any]]:
+    from metaseg.jobs.evaluate import evaluate_method
+
+    model, learner, weights = load_method(cfg, method, task.name, "cpu")
+    variants = {"": {}, **(((cfg["methods"][method] or {}).get("variants")) or {})}
+    rows = []
+    for suffix, overrides in variants.items():
+        results = evaluate_method(model, learner, [task], [shots], episodes + 1, seed=int(cfg["seed"]),
+                                  steps=int(adaptation(cfg, method)["steps"]),
+                                  queries=int(cfg["evaluation"].get("queries", 15)), method=method, device="cpu",
+                                  variants={suffix: overrides})[1:]  # the first episode warms caches up
+        seconds = sum(r.seconds for r in results) / sum(len(r.dice_per_image) for r in results)
+        rows.append({"method": method + suffix, "target": task.name, "shots": shots, "episodes": len(results),
+                     "adaptation_steps": int(adaptation(cfg, method)["steps"]), "weights": weights,
+                     "seconds_per_image": round(seconds, 4)})
+        print(f"{method + suffix}: {seconds:.3f} s per adapted image ({weights})", flush=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.incontext_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", nargs="+", default=["benchmarks/fewshot_incontext.yaml", "benchmarks/fewshot_medsam.yaml"])
+    parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all)")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/incontext_speed.json")
+    args = parser.parse_args(argv)
+    try:
+        torch.set_num_threads(1)
+        rows = []
+        for path in args.config:
+            cfg = load_config(path)
+            target = cfg["targets"][0]
+            task = load_tasks(cfg, echo=lambda _: None)[target]
+            for method, mcfg in cfg["methods"].items():
+                if (mcfg or {}).get("upper_bound") or (args.methods and method not in args.methods):
+                    continue
+                rows += [dict(r, config=path) for r in time_method(cfg, method, task, args.shots, args.episodes)]
+        doc = {"command": "python -m benchmarks.incontext_speed " + " ".join(sys.argv[1:] if argv is None else argv),
+               "environment": environment("cpu"), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    except MetasegError as exc:
+        print(f"incontext_speed: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
