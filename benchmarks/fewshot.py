@@ -54,7 +54,7 @@ from metaseg.cli import Parser
 from metaseg.errors import MetasegError
 
 CONFIG_KEYS = {
-    "seed", "device", "cpu_threads", "jobs", "image_size", "data_root", "cache_dir", "work_dir", "results", "docs",
+    "seed", "device", "cpu_threads", "jobs", "checkpoint", "image_size", "data_root", "cache_dir", "work_dir", "results", "docs",
     "datasets", "targets", "evaluation", "adaptation", "experiment", "methods", "notes",
 }
 REQUIRED_KEYS = ("datasets", "targets", "evaluation", "adaptation", "experiment", "methods")
@@ -62,6 +62,8 @@ SECTIONS = ("trainer", "model", "data")  # what an experiment fragment may set (
 METHOD_KEYS = (*SECTIONS, "adaptation", "train", "variants", "upper_bound", "note")
 UPPER_BOUNDS = ("oracle_box",)  # rows that use the query's ground truth: a ceiling, never a method
 ADAPTATION_KEYS = ("steps", "inner_lr", "inner_optimizer")
+# how often a part writes its resume point (last.ckpt); not in the fingerprint: results do not depend on it
+CHECKPOINT_KEYS = ("every_n_train_steps", "every_minutes")
 SHARED_LEARNER_OPTIONS = ("inner_lr", "inner_optimizer")  # come from the method's adaptation budget
 # Set by the benchmark for every part (the fold, the paths, the device), never by a fragment.
 OWNED = {"trainer": ("accelerator", "devices", "default_root_dir", "logger"),
@@ -120,6 +122,9 @@ def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     if not (shared.get("trainer") or {}).get("max_steps"):
         raise MetasegError(f"{where}: experiment.trainer.max_steps is needed (meta-training runs one epoch of that many steps)")
     _check_adaptation(cfg["adaptation"], f"{where}: adaptation", required=True)
+    unknown = sorted(set(cfg.get("checkpoint") or {}) - set(CHECKPOINT_KEYS))
+    if unknown:
+        raise MetasegError(f"{where}: checkpoint: unknown option(s) {unknown}; known: {list(CHECKPOINT_KEYS)}")
     if not cfg["methods"]:
         raise MetasegError(f"{where}: methods is empty")
     for method, mcfg in cfg["methods"].items():
@@ -254,7 +259,7 @@ def experiment_config(cfg: dict[str, Any], method: str, target: str, run_dir: Pa
                  "train_tasks": [d for d in cfg["datasets"] if (d.get("name") or d.get("root")) != target],
                  "image_size": int(cfg["image_size"]), "seed": int(cfg["seed"]),
                  "data_root": cfg.get("data_root"), "cache_dir": cfg.get("cache_dir")},
-        "checkpoint": {"dirpath": str(run_dir), "filename": "best", "save_top_k": 1},
+        "checkpoint": {**(cfg.get("checkpoint") or {}), "dirpath": str(run_dir), "filename": "best", "save_top_k": 1},
         "ckpt_path": str(last) if last.exists() else None,  # resume a part killed mid-training
         "run_test": False,
     }

@@ -28,18 +28,20 @@ NOISE = (".*litlogger.*", ".*args parameter is intended.*", ".*overridden `trans
 
 def _make_cli_class():
     """Build the LightningCLI subclass lazily (importing Lightning takes a few seconds)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
+
+    from metaseg.training.checkpointing import MetaSegCheckpoint
 
     class MetaSegCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument("--experiment", type=Optional[str], default=None,
                                 help="run name; logs and checkpoints go to runs/<experiment>/version_N (default: the config file's name)")
             parser.add_argument("--ckpt_path", type=Optional[str], default=None,
-                                help="resume a killed run from this checkpoint (e.g. runs/<name>/version_0/checkpoints/last.ckpt)")
+                                help="resume a killed run from this checkpoint (e.g. runs/<name>/version_0/checkpoints/last.ckpt), "
+                                     "or 'last': the newest last.ckpt under the run's folder")
             parser.add_argument("--run_test", type=bool, default=True,
                                 help="after fit, report meta-test Dice/IoU of the best-on-validation checkpoint")
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(MetaSegCheckpoint, "checkpoint")
             parser.set_defaults({
                 "checkpoint.monitor": "val_dice",
                 "checkpoint.mode": "max",
@@ -63,7 +65,8 @@ def _make_cli_class():
             if config.get("ckpt_path"):
                 from metaseg.checkpoints import read_checkpoint
 
-                ckpt_path = Path(config.ckpt_path)
+                ckpt_path = resolve_ckpt_path(config.ckpt_path, Path(config.trainer.default_root_dir))
+                config.ckpt_path = str(ckpt_path)
                 read_checkpoint(ckpt_path, "--ckpt_path")  # one-line error for a wrong file, before Lightning
                 # keep ModelCheckpoint in the original folder so its best-so-far state is restored
                 # and selection spans the whole run, not only the part after the restart
@@ -76,6 +79,16 @@ def _make_cli_class():
             return super().instantiate_trainer(**kwargs)
 
     return MetaSegCLI
+
+
+def resolve_ckpt_path(value: str, root: Path) -> Path:
+    """`--ckpt_path last`: the most recently written last.ckpt under the run's folder."""
+    if value != "last":
+        return Path(value)
+    found = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not found:
+        raise MetasegError(f"--ckpt_path last: no last.ckpt under {root} (nothing to resume; start without --ckpt_path)")
+    return found[-1]
 
 
 def _config_stem(configs: Any) -> str | None:
