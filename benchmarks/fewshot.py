@@ -350,6 +350,7 @@ def evaluate(cfg: dict[str, Any], method: str, model: torch.nn.Module, learner: 
     """Rows (one per K) on the fixed target episodes; `episode_dice` keeps the per-episode means
     so that methods can be compared episode by episode (they all see the same episodes)."""
     from metaseg.jobs.evaluate import evaluate_method, summarise
+    from metaseg.metrics import mean_ci_text
 
     ev = cfg["evaluation"]
     mcfg = cfg["methods"][method] or {}
@@ -369,8 +370,8 @@ def evaluate(cfg: dict[str, Any], method: str, model: torch.nn.Module, learner: 
             "episodes": int(s["episodes"]), "query_images": int(s["images"]),
             "episode_dice": [round(r.dice, 5) for r in group], "episode_iou": [round(r.iou, 5) for r in group],
         })
-        echo(f"  {s['method']} on {target.name}, K={s['shots']}: Dice {s['dice']:.3f} ± {s['dice_ci95']:.3f}, "
-             f"IoU {s['iou']:.3f} ± {s['iou_ci95']:.3f}")
+        echo(f"  {s['method']} on {target.name}, K={s['shots']}: Dice {mean_ci_text(s['dice'], s['dice_ci95'], s['images'], 3)}, "
+             f"IoU {mean_ci_text(s['iou'], s['iou_ci95'], s['images'], 3)}")
     return rows
 
 

@@ -37,3 +37,16 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
     return mean, float(stats.t.ppf(0.975, arr.size - 1) * sem)
+
+
+MIN_CI_IMAGES = 5  # below this many per-image scores a t-interval is too wide to mean anything
+
+
+def mean_ci_text(mean: float, ci: float, n: int, digits: int = 4) -> str:
+    """How every command prints a score: `0.8123 ± 0.0151` (mean ± 95% CI), or, over fewer than
+    MIN_CI_IMAGES images, the mean and the count with no interval: `0.1174 (2 images, too few for a CI)`."""
+    if n < 1 or math.isnan(mean):
+        return "n/a"
+    if n < MIN_CI_IMAGES:
+        return f"{mean:.{digits}f} ({n} image{'s' if n != 1 else ''}, too few for a CI)"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"

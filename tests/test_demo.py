@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -26,6 +27,12 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (out / MARKER).is_file() and Image.open(out / "comparison.png").size[0] > 100
     overlays = sorted((out / "overlays").iterdir())
     assert len(overlays) == 5 and all(len(list(d.glob("*.png"))) == 10 for d in overlays)
+    pixels = np.asarray(Image.open(next(overlays[0].glob("*.png"))).convert("RGB"))
+    assert pixels.shape[:2] == (256, 256)  # 32 px upscaled x8 (nearest): each network pixel an 8x8 block
+    outline = (pixels == (0, 255, 0)).all(-1)
+    blocks = pixels.reshape(32, 8, 32, 8, 3).transpose(0, 2, 1, 3, 4).reshape(32, 32, 64, 3)
+    plain = ~outline.reshape(32, 8, 32, 8).any((1, 3))  # blocks the thin ground-truth outline does not cross
+    assert plain.sum() > 512 and (blocks[plain] == blocks[plain][:, :1]).all()
     # the demo replaces a folder it wrote itself
     assert main(["--out", str(out), *TINY]) == 0
 

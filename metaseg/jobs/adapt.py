@@ -23,7 +23,7 @@ from metaseg.data.types import TaskArrays
 from metaseg.errors import MetasegError
 from metaseg.jobs import checks
 from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
-from metaseg.metrics import mean_ci95
+from metaseg.metrics import mean_ci95, mean_ci_text
 from metaseg.outputs import OutputFolder
 
 OUTPUTS = ("masks", "overlays", "predictions.csv")
@@ -212,6 +212,7 @@ def run_adapt(
         im, ici = mean_ci95([float(r["iou"]) for r in scored])
         summary.update(dice=dm, dice_ci95=dci, iou=im, iou_ci95=ici)
         skipped = f"; {summary['in_support']} support images not scored" if summary["in_support"] else ""
-        echo(f"Dice {dm:.4f} ± {dci:.4f}, IoU {im:.4f} ± {ici:.4f} (mean ± 95% CI over {len(scored)} images "
+        echo(f"Dice {mean_ci_text(dm, dci, len(scored))}, IoU {mean_ci_text(im, ici, len(scored))} "
+             f"(mean ± 95% CI over {len(scored)} images "
              f"with ground truth{skipped})")
     return summary

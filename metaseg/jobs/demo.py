@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from metaseg.errors import MetasegError
+from metaseg.metrics import mean_ci_text
 
 REPO = Path(__file__).resolve().parents[2]  # metaseg/jobs/demo.py -> the checkout
 DEFAULT_CONFIG = REPO / "experiments" / "demo.yaml"
 MARKER = ".metaseg-demo"
+OVERLAY_PX = 256  # overlays are written at least this wide: the network's 32 px are unreadable
 
 
 def prepare_demo_out(out: Path, overwrite: bool) -> Path:
@@ -43,7 +45,10 @@ def prepare_demo_out(out: Path, overwrite: bool) -> Path:
 
 
 def write_overlays(out: Path, method: str, model: Any, learner: Any, episode: Any, steps: int | None) -> list[np.ndarray]:
-    """Overlays of one episode's query predictions; returns them for the comparison grid."""
+    """Overlays of one episode's query predictions, upscaled by a whole factor to at least
+    OVERLAY_PX (nearest neighbour: every network pixel stays one visible block, the prediction and
+    the outline stay on the pixels they were computed on; synthetic images have no larger
+    original); returns them for the comparison grid."""
     from metaseg.jobs.adapt import overlay
 
     with torch.enable_grad():
@@ -53,9 +58,14 @@ def write_overlays(out: Path, method: str, model: Any, learner: Any, episode: An
     folder = out / "overlays" / method
     folder.mkdir(parents=True, exist_ok=True)
     images = []
+    scale = max(1, -(-OVERLAY_PX // int(episode.query_x.shape[-1])))
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return a.repeat(scale, axis=0).repeat(scale, axis=1)
+
     for qid, x, p, y in zip(episode.query_ids, episode.query_x, pred, episode.query_y[:, 0].numpy()):
         image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        picture = overlay(image, p, y > 0.5)
+        picture = overlay(up(image), up(p), up(y > 0.5))
         picture.save(folder / f"{qid}.png")
         images.append(np.asarray(picture))
     return images
@@ -161,9 +171,11 @@ def run(args: argparse.Namespace) -> int:
           f"(Dice/IoU per image, mean ± 95% CI):")
     width = max(len(r["method"]) for r in rows)
     for r in rows:
-        print(f"  {r['method']:<{width}}  Dice {r['dice']:.3f} ± {r['dice_ci95']:.3f}   IoU {r['iou']:.3f} ± {r['iou_ci95']:.3f}")
+        print(f"  {r['method']:<{width}}  Dice {mean_ci_text(r['dice'], r['dice_ci95'], r['images'], 3)}   "
+              f"IoU {mean_ci_text(r['iou'], r['iou_ci95'], r['images'], 3)}")
     total = time.perf_counter() - start
-    print(f"\ncheckpoint (best on meta-validation): {checkpoint}")
+    chosen = "best on meta-validation" if result["best"] else "last: no meta-validation ran"
+    print(f"\ncheckpoint ({chosen}): {checkpoint}")
     print(f"overlays: {out / 'overlays'}  comparison figure: {out / 'comparison.png'}")
     print(f"wall time: {total:.0f} s (meta-training {trained - start:.0f} s)")
     return 0

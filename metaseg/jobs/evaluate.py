@@ -11,7 +11,6 @@ t-interval over all per-image query scores pooled across episodes.
 from __future__ import annotations
 
 import csv
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from metaseg.errors import MetasegError
 from metaseg.jobs import checks
 from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
 from metaseg.meta.scoring import score_episode
-from metaseg.metrics import mean_ci95
+from metaseg.metrics import mean_ci95, mean_ci_text
 from metaseg.outputs import OutputFolder
 
 EPISODE_FIELDS = ("method", "shots", "episode", "task", "support_ids", "n_query", "dice", "iou", "seconds")
@@ -171,12 +170,12 @@ def summary_markdown(rows: Sequence[dict[str, Any]], title: str, details: Sequen
               "|---|---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['shots']} | {r['episodes']} | {r['images']} | "
-                     f"{_pm(r['dice'], r['dice_ci95'])} | {_pm(r['iou'], r['iou_ci95'])} |")
+                     f"{_pm(r['dice'], r['dice_ci95'], r['images'])} | {_pm(r['iou'], r['iou_ci95'], r['images'])} |")
     return "\n".join(lines) + "\n"
 
 
-def _pm(mean: float, ci: float) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {ci:.4f}"
+def _pm(mean: float, ci: float, n: int) -> str:
+    return mean_ci_text(mean, ci, n)
 
 
 def run_evaluate(
@@ -246,7 +245,7 @@ def run_evaluate(
         (out / "summary.md").write_text(summary_markdown(rows, f"Few-shot evaluation: {found.name} on {task.name}", details))
     steps_note = "" if found.steps is None else f", {found.steps} adaptation steps"
     for r in rows:
-        echo(f"{r['method']} K={r['shots']}: Dice {_pm(r['dice'], r['dice_ci95'])}, IoU {_pm(r['iou'], r['iou_ci95'])} "
+        echo(f"{r['method']} K={r['shots']}: Dice {_pm(r['dice'], r['dice_ci95'], r['images'])}, IoU {_pm(r['iou'], r['iou_ci95'], r['images'])} "
              f"({r['images']} query images, {r['episodes']} episodes{steps_note})")
     for line in seen_lines:
         echo(line)

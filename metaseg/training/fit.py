@@ -14,16 +14,25 @@ never feeds back into selection. `ckpt_path` resumes a killed run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from metaseg.errors import MetasegError
 
+# Lightning's start-up banners ("GPU available: ...", "💡 Tip: ... litlogger ...", "`Trainer.fit`
+# stopped: ...", "Restoring states ...") all come through these loggers at INFO; warnings and the
+# progress bar do not. What the user needs from them is printed by meta_train itself.
+BANNER_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
 NOISE = (".*litlogger.*", ".*args parameter is intended.*", ".*overridden `transfer_batch_to_device`.*",
          ".*LeafSpec.*", ".*does not have many workers.*", ".*tensorboardX.*")
+
+
+NO_VALIDATION = "no val_tasks, or val_check_interval beyond max_steps"
 
 
 def _make_cli_class():
@@ -67,7 +76,9 @@ def _make_cli_class():
 
                 ckpt_path = resolve_ckpt_path(config.ckpt_path, Path(config.trainer.default_root_dir))
                 config.ckpt_path = str(ckpt_path)
-                read_checkpoint(ckpt_path, "--ckpt_path")  # one-line error for a wrong file, before Lightning
+                saved = read_checkpoint(ckpt_path, "--ckpt_path")  # one-line error for a wrong file, before Lightning
+                print(f"resuming from {ckpt_path} (step {int(saved.get('global_step', 0))})", flush=True)
+                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # its own folder: expected
                 # keep ModelCheckpoint in the original folder so its best-so-far state is restored
                 # and selection spans the whole run, not only the part after the restart
                 if not config.checkpoint.get("dirpath"):
@@ -125,6 +136,25 @@ def meta_train(args: Sequence[str] | Mapping[str, Any], parser_kwargs: Mapping[s
     "steps", "test"}. Bad options are a MetasegError (one line); --help/--print_config exit."""
     for noise in NOISE:
         warnings.filterwarnings("ignore", message=noise)
+    with quiet_banners():
+        return _meta_train(args, parser_kwargs)
+
+
+@contextlib.contextmanager
+def quiet_banners():
+    """Lightning's INFO banners off for the duration of a run (restored after)."""
+    loggers = [logging.getLogger(name) for name in BANNER_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _meta_train(args: Sequence[str] | Mapping[str, Any], parser_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
     from metaseg.data.datamodule import MetaDataModule
     from metaseg.training.module import MetaSegModule
 
@@ -140,7 +170,9 @@ def meta_train(args: Sequence[str] | Mapping[str, Any], parser_kwargs: Mapping[s
             run=False,
             args=args,
             seed_everything_default=0,
-            trainer_defaults={"inference_mode": False},  # meta-validation adapts, which needs autograd
+            # meta-validation adapts, which needs autograd; the model summary is noise for a U-Net
+            # (`--trainer.enable_model_summary true` prints it)
+            trainer_defaults={"inference_mode": False, "enable_model_summary": False},
             parser_kwargs={"exit_on_error": False, "prog": "metaseg meta-train", **parser_kwargs},
             save_config_kwargs={"overwrite": True},
         )
@@ -179,6 +211,8 @@ def fit_and_test(cli: Any) -> dict[str, Any]:
         if best:
             score_text = f" (val_dice {float(score):.4f})" if score is not None else ""
             print(f"best checkpoint (selected on meta-validation){score_text}: {best}")
+        elif last:
+            print(f"no meta-validation ran ({NO_VALIDATION}): no best checkpoint, only the last one (step {trainer.global_step})")
         if last:
             print(f"last checkpoint: {last}")
     log_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -188,7 +222,7 @@ def fit_and_test(cli: Any) -> dict[str, Any]:
         trainer.test(model, datamodule=datamodule, ckpt_path=chosen)
         results = dict(getattr(model, "test_results", {}) or {})
         if trainer.is_global_zero and results:
-            report_test(results, chosen, log_dir)
+            report_test(results, chosen, log_dir, selected=bool(best))
     return {"best": best, "last": last, "log_dir": str(log_dir), "test": results,
             "val_dice": None if score is None else float(score), "steps": int(trainer.global_step)}
 
@@ -199,13 +233,18 @@ def _has_test_tasks(datamodule: Any) -> bool:
     return bool(tasks if tasks is not None else getattr(datamodule, "test_tasks", None))
 
 
-def report_test(results: dict[str, float], checkpoint: str | None, log_dir: Path) -> None:
-    """Print and save meta-test numbers (per-image Dice/IoU, 95% t-interval over all query images)."""
+def report_test(results: dict[str, float], checkpoint: str | None, log_dir: Path, selected: bool = True) -> None:
+    """Print and save meta-test numbers (per-image Dice/IoU, mean ± 95% t-interval over all query
+    images), saying how the scored checkpoint was chosen."""
+    from metaseg.metrics import mean_ci_text
+
+    n = int(results["test_images"])
+    chosen = "chosen on meta-validation" if selected else f"not chosen on meta-validation (none ran: {NO_VALIDATION}), the last one"
     line = (
-        f"meta-test: Dice {results['test_dice']:.4f} ± {results['test_dice_ci95']:.4f}, "
-        f"IoU {results['test_iou']:.4f} ± {results['test_iou_ci95']:.4f} "
-        f"(95% CI over {int(results['test_images'])} query images in {int(results['test_episodes'])} episodes; "
-        f"checkpoint chosen on meta-validation: {checkpoint})"
+        f"meta-test: Dice {mean_ci_text(results['test_dice'], results['test_dice_ci95'], n)}, "
+        f"IoU {mean_ci_text(results['test_iou'], results['test_iou_ci95'], n)} "
+        f"(mean ± 95% CI over {n} query images in {int(results['test_episodes'])} episodes; "
+        f"checkpoint {chosen}: {checkpoint})"
     )
     print(line)
     log_dir.mkdir(parents=True, exist_ok=True)
