@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
     out = prepare_demo_out(Path(args.out), args.overwrite)
-    print(f"[demo] 1/3 meta-training ({args.config}) ...", flush=True)
+    print(f"[demo] 1/3 meta-training ({_shown(args.config)}) ...", flush=True)
     result = meta_train(["--config", args.config, "--trainer.default_root_dir", str(out / "train"),
                          "--run_test", "false", "--trainer.enable_model_summary", "false", *args.overrides])
     trained = time.perf_counter()
@@ -179,6 +179,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"overlays: {out / 'overlays'}  comparison figure: {out / 'comparison.png'}")
     print(f"wall time: {total:.0f} s (meta-training {trained - start:.0f} s)")
     return 0
+
+
+def _shown(path: str) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _slug(name: str) -> str:
