@@ -173,6 +173,22 @@ class Crash(RuntimeError):
     pass
 
 
+def test_checkpoint_every_few_minutes_as_well_as_every_n_steps(env):
+    """--save-minutes: a checkpoint is due by time even when --save-every steps are far away."""
+    data = write_dataset(env / "ds", 8, seed=0)
+    config = RunConfig(model="gan", dataset=str(data), size=16, width=8, batch_size=4)
+
+    def crash_at_step_3(line: str) -> None:
+        if "step 3/" in line:
+            raise Crash(line)
+
+    for minutes, expected in ((0.0, None), (1e-9, 2)):  # steps only: nothing yet; by time: after every step
+        out = env / f"run{minutes}"
+        with pytest.raises(Crash):
+            train(config, out, steps=6, save_every=1000, log_every=1, echo=crash_at_step_3, save_minutes=minutes)
+        assert (_state(out / "last.ckpt")["step"] if (out / "last.ckpt").exists() else None) == expected
+
+
 @pytest.mark.parametrize("model", ["gan", "diffusion"])
 def test_crash_between_checkpoints_resumes_to_the_same_run(env, model):
     data = write_dataset(env / "ds", 8, seed=0)

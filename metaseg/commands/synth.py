@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        description="Train a GAN (DCGAN) or a diffusion model (diffusers UNet2DModel + DDPM) on the "
                        "(image, mask) pairs of --dataset. A held-out split (by content hash) is kept away from the "
                        "generator. Progress lines go to stderr; --out/last.ckpt is rewritten atomically every "
-                       "--save-every steps, and rerunning the same command resumes from it.")
+                       "--save-every steps and every --save-minutes minutes, and rerunning the same command resumes from it.")
     t.add_argument("--dataset", required=True, help="dataset folder (any readable layout)")
     t.add_argument("--model", required=True, help="generator: " + " or ".join(GENERATORS))
     t.add_argument("--out", required=True, help="run folder: last.ckpt and samples.png (new, or one to resume)")
@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0, help="split, initialisation and batches (default 0)")
     t.add_argument("--layout", help="dataset layout (default: detected)")
     t.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default 100)")
+    t.add_argument("--save-minutes", type=float, default=2.0,
+                   help="and at least every T minutes, whichever comes first (default 2; 0 = steps only)")
     t.add_argument("--log-every", type=int, default=20, help="progress line every N steps (default 20)")
     t.add_argument("--cache-dir", help="where decoded datasets are cached")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available); not part of the run's settings")
@@ -86,7 +88,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, dataset=str(Path(args.dataset).expanduser().resolve()), layout=args.layout,
                        size=check_size(args.size), width=args.width, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        n_train=args.n_train, heldout_fraction=args.heldout_fraction)
-    path = train(config, args.out, args.steps, args.save_every, args.log_every, args.cache_dir, device=pick_device(args.device))
+    path = train(config, args.out, args.steps, args.save_every, args.log_every, args.cache_dir, device=pick_device(args.device),
+                 save_minutes=args.save_minutes)
     print(path)
     return 0
 

@@ -124,12 +124,17 @@ def _progress(model: str, step: int, steps: int, losses: dict[str, float], start
 
 
 def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100, log_every: int = 20,
-          cache_dir: str | None = None, echo: Callable[[str], Any] | None = None, device: str = "cpu") -> Path:
-    """Train (or resume) a generator for `steps` steps in total; returns the checkpoint path. The device is not
-    part of the run's settings: a run started on a GPU can be resumed on a CPU and the reverse."""
+          cache_dir: str | None = None, echo: Callable[[str], Any] | None = None, device: str = "cpu",
+          save_minutes: float = 2.0) -> Path:
+    """Train (or resume) a generator for `steps` steps in total; returns the checkpoint path. The
+    checkpoint is rewritten every `save_every` steps and at least every `save_minutes` minutes (0 =
+    steps only), so a kill loses at most the lesser of the two. The device is not part of the run's
+    settings: a run started on a GPU can be resumed on a CPU and the reverse."""
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     if steps < 1 or save_every < 1 or log_every < 1:
         raise MetasegError("--steps, --save-every and --log-every must be >= 1")
+    if save_minutes < 0:
+        raise MetasegError(f"--save-minutes must be >= 0 (0 = every --save-every steps only), got {save_minutes}")
     if config.batch_size < 1:
         raise MetasegError(f"--batch-size must be >= 1, got {config.batch_size}")
     out = Path(out).expanduser()
@@ -160,6 +165,7 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
         }, out / CHECKPOINT)
 
     started, first = time.perf_counter(), step
+    saved = time.monotonic()
     try:
         while step < steps:
             gen = step_generator(config.seed, step)
@@ -168,8 +174,9 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
             step += 1
             if step % log_every == 0 or step == steps:
                 echo(_progress(config.model, step, steps, losses, started, first))
-            if step % save_every == 0 or step == steps:
+            if step % save_every == 0 or step == steps or (save_minutes and time.monotonic() - saved >= 60 * save_minutes):
                 checkpoint()
+                saved = time.monotonic()
     except KeyboardInterrupt:
         checkpoint()
         echo(f"[{config.model}] interrupted: saved step {step} to {out / CHECKPOINT}; rerun the same command to resume")
