@@ -51,6 +51,10 @@ def install(stage: str, step: int) -> None:
 
 if __name__ == "__main__":
     stage, step, module, *args = sys.argv[1:]
+    if os.environ.get("METASEG_TEST_THREADS"):  # the parent's count: float results depend on it
+        import torch
+
+        torch.set_num_threads(int(os.environ["METASEG_TEST_THREADS"]))
     install(stage, int(step))
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

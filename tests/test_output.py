@@ -62,6 +62,40 @@ def test_meta_train_prints_progress_and_results_without_lightning_banners(tmp_pa
     printed = "\n".join([out, err, *records.lines])
     assert "Epoch 0:" in printed and "query_loss=" in printed  # the progress bar stays
     assert "best checkpoint (selected on meta-validation)" in out
-    for banner in ("💡", "litlogger", "litmodels", "GPU available", "TPU available", "HPU available",
+    for banner in ("Seed set to", "💡", "litlogger", "litmodels", "GPU available", "TPU available", "HPU available",
                    "`Trainer.fit` stopped", "| Name", "Trainable params", "LOCAL_RANK"):
         assert banner not in printed, banner
+
+
+def generated(text: str, key: str) -> str:
+    return text.split(f"<!-- BEGIN generated:{key} -->", 1)[1].split(f"<!-- END generated:{key} -->", 1)[0]
+
+
+def test_readme_demo_rows_come_from_the_generated_demo_output() -> None:
+    """The README's demo rows are lines of the full output in docs/demo.md, which names the commit
+    and machine it ran on (both written by one `python -m benchmarks.demo_readme` run)."""
+    repo = Path(__file__).resolve().parents[1]
+    rows = [line for line in generated((repo / "README.md").read_text(), "demo-rows").splitlines() if "Dice" in line]
+    full = generated((repo / "docs" / "demo.md").read_text(), "demo-output")
+    assert len(rows) == 4 and all(row in full.splitlines() for row in rows)
+    assert "at commit " in full and "torch " in full and "benchmarks.demo_readme" in full
+
+
+def test_demo_readme_rewrites_only_the_marked_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import demo_readme
+
+    printed = ("[demo] 1/3 meta-training (experiments/demo.yaml) ...\n"
+               "\rEpoch 0:  50%|#####     | 1/2 [00:01<00:01]\rEpoch 0: 100%|##########| 2/2 [00:02<00:00]\n"
+               "  meta-learned init, no adaptation  Dice 0.001 ± 0.001   IoU 0.001 ± 0.001\n"
+               "  meta-learned init + 5 steps       Dice 0.700 ± 0.030   IoU 0.500 ± 0.030\n"
+               "  scratch (random init) + 5 steps   Dice 0.100 ± 0.020   IoU 0.050 ± 0.010\n"
+               "wall time: 99 s (meta-training 60 s)\n")
+    monkeypatch.setattr(demo_readme, "run_demo", lambda args: (printed, 101.0))
+    for name, key in (("README.md", "demo-rows"), ("demo.md", "demo-output")):
+        (tmp_path / name).write_text(f"keep\n<!-- BEGIN generated:{key} -->\nold\n<!-- END generated:{key} -->\nkeep too\n")
+    assert demo_readme.main(["--readme", str(tmp_path / "README.md"), "--docs", str(tmp_path / "demo.md")]) == 0
+    readme, docs = (tmp_path / "README.md").read_text(), (tmp_path / "demo.md").read_text()
+    assert readme.startswith("keep\n") and readme.endswith("keep too\n") and "old" not in readme
+    assert "+ 5 steps       Dice 0.700 ± 0.030" in readme and "no adaptation" not in readme
+    assert "wall time: 99 s" in docs and "101 s wall" in docs and "old" not in docs
+    assert "Epoch 0" not in docs  # the progress bar, redrawn with carriage returns, is not output to keep

@@ -71,7 +71,8 @@ def assert_same_run(straight: dict, resumed: dict, restarted_at: int) -> None:
 
 def killed_subprocess(tmp_path: Path, stage: str, step: int, module: str, *args: str) -> subprocess.CompletedProcess:
     """Run `python -m MODULE ARGS` in a child that SIGKILLs itself at (stage, step) (tests/killer.py)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore",
+           "METASEG_TEST_THREADS": str(torch.get_num_threads())}  # as the in-process runs compared with it
     proc = subprocess.run([sys.executable, "-m", "tests.killer", stage, str(step), module, *args], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL, not finished or failed

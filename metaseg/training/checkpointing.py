@@ -49,9 +49,13 @@ class MetaSegCheckpoint(ModelCheckpoint):
         every_minutes: Optional[float] = EVERY_MINUTES,
         enable_version_counter: bool = True,
     ) -> None:
-        """`every_n_train_steps` / `every_minutes`: write last.ckpt (the resume point) this often,
-        whichever comes first (null or 0 turns a trigger off); best.ckpt is written only after
-        meta-validation, when `monitor` improves."""
+        """best.ckpt is written only after meta-validation, when `monitor` improves; last.ckpt, the
+        resume point, whichever of the two triggers below comes first.
+
+        Args:
+            every_n_train_steps: write last.ckpt every N meta-steps (0 or null: off)
+            every_minutes: write last.ckpt at least every T minutes (0 or null: off)
+        """
         if every_n_train_steps is not None and every_n_train_steps < 0:
             raise MetasegError(f"--checkpoint.every_n_train_steps: must be >= 0 (0 = off), got {every_n_train_steps}")
         if every_minutes is not None and every_minutes < 0:

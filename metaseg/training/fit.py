@@ -24,10 +24,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 from metaseg.errors import MetasegError
 
-# Lightning's start-up banners ("GPU available: ...", "💡 Tip: ... litlogger ...", "`Trainer.fit`
-# stopped: ...", "Restoring states ...") all come through these loggers at INFO; warnings and the
-# progress bar do not. What the user needs from them is printed by meta_train itself.
-BANNER_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+# Lightning's start-up banners ("Seed set to 0", "GPU available: ...", "💡 Tip: ... litlogger ...",
+# "`Trainer.fit` stopped: ...", "Restoring states ...") all come through these loggers at INFO;
+# warnings and the progress bar do not. What the user needs from them is printed by meta_train.
+BANNER_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                  "lightning_fabric.utilities.seed")
 NOISE = (".*litlogger.*", ".*args parameter is intended.*", ".*overridden `transfer_batch_to_device`.*",
          ".*LeafSpec.*", ".*does not have many workers.*", ".*tensorboardX.*")
 
