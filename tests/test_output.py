@@ -72,8 +72,8 @@ def generated(text: str, key: str) -> str:
 
 
 def test_readme_demo_rows_come_from_the_generated_demo_output() -> None:
-    """The README's demo rows are lines of the full output in docs/demo.md, which names the commit
-    and machine it ran on (both written by one `python -m benchmarks.demo_readme` run)."""
+    """The README's demo rows are lines of the full output in docs/demo.md, which names the machine
+    it ran on (both written by one `python -m benchmarks.demo_readme` run)."""
     repo = Path(__file__).resolve().parents[1]
     rows = [line for line in generated((repo / "README.md").read_text(), "demo-rows").splitlines() if "Dice" in line]
     full = generated((repo / "docs" / "demo.md").read_text(), "demo-output")

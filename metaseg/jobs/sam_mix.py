@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from metaseg.errors import MetasegError
-from metaseg.metrics import mean_ci95
+from metaseg.metrics import mean_ci95, mean_ci_text
 
 TRUE = {"1", "yes", "true", "present", "positive"}
 FALSE = {"0", "no", "false", "absent", "negative"}
@@ -139,6 +139,6 @@ def run_sam_mix_adapt(
     echo(f"wrote {len(records)} masks to {out_dir / 'masks'}, overlays to {out_dir / 'overlays'}, scores to {out_dir / 'predictions.csv'}")
     if scored:
         summary["dice"], summary["dice_ci95"] = mean_ci95(scored)
-        echo(f"Dice {summary['dice']:.4f} ± {summary['dice_ci95']:.4f} (mean ± 95% CI over {len(scored)} images "
+        echo(f"Dice {mean_ci_text(summary['dice'], summary['dice_ci95'], len(scored))} (mean ± 95% CI over {len(scored)} images "
              "with ground truth, support images left out; empty masks count as the metrics module scores them)")
     return summary
