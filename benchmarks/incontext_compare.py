@@ -49,7 +49,7 @@ def report(incontext: dict[str, Any], medsam: dict[str, Any], speed: dict[str, A
     ours, theirs = episodes_by(incontext), episodes_by(medsam)
     both = {**theirs, **ours}
     targets = list(dict.fromkeys(r["target"] for r in incontext["rows"]))
-    n = min(len(v) for v in ours.values())
+    n = min(len(v) for v in ours.values())  # every row is read over the same first n episodes
     lines = ["# In-context learners on the medsam benchmark's episodes (generated)", "",
              f"From `{incontext.get('command')}` and `{medsam.get('command')}`; regenerate with "
              "`python -m benchmarks.incontext_compare`. Dice in points, mean ± 95% CI over the "
@@ -109,17 +109,20 @@ def target_lines(both: dict[tuple[str, str, int], list[float]], targets: list[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.incontext_compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--incontext", default="benchmarks/results/fewshot_incontext.json")
+    parser.add_argument("--incontext", nargs="+", default=["benchmarks/results/fewshot_incontext.json"],
+                        help="in-context results JSON(s); their rows are pooled")
     parser.add_argument("--medsam", default="benchmarks/results/fewshot_medsam.json")
     parser.add_argument("--speed", default="benchmarks/results/incontext_speed.json")
     parser.add_argument("--out", default="benchmarks/results/incontext.md")
     args = parser.parse_args(argv)
-    for path in (args.incontext, args.medsam):
+    for path in (*args.incontext, args.medsam):
         if not Path(path).is_file():
             print(f"incontext_compare: error: no such file {path}", file=sys.stderr)
             return 2
     speed = json.loads(Path(args.speed).read_text()) if Path(args.speed).is_file() else None
-    text = report(json.loads(Path(args.incontext).read_text()), json.loads(Path(args.medsam).read_text()), speed)
+    docs = [json.loads(Path(p).read_text()) for p in args.incontext]
+    pooled = {"command": " and ".join(f"`{d.get('command')}`" for d in docs).strip("`"), "rows": [r for d in docs for r in d["rows"]]}
+    text = report(pooled, json.loads(Path(args.medsam).read_text()), speed)
     Path(args.out).write_text(text)
     print(text)
     return 0
