@@ -114,6 +114,42 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
+def write_predictions(folder: OutputFolder, queries: list, predict: Callable[[np.ndarray, Path], tuple[np.ndarray, dict]],
+                      support_hashes: set[str], fields: tuple[str, ...]) -> tuple[list[dict[str, Any]], Path]:
+    """Segment every query with `predict(image, path) -> (mask at the image's size, extra CSV columns)` and write
+    masks/, overlays/ and predictions.csv inside the run folder: one writer for every `adapt` method."""
+    from metaseg.data.cache import file_sha1
+    from metaseg.data.images import read_image, read_mask
+
+    records = []
+    with folder.writing() as out_dir:
+        (out_dir / "masks").mkdir()
+        (out_dir / "overlays").mkdir()
+        for q in queries:
+            image, _ = read_image(q.image)
+            pred, extra = predict(image, Path(q.image))
+            gt = read_mask(q.mask)[0] if q.mask is not None else None
+            if gt is not None and gt.shape != pred.shape:
+                raise MetasegError(f"size mismatch: image {q.image} and mask {q.mask}")
+            mask_path = out_dir / "masks" / f"{q.id}.png"
+            overlay_path = out_dir / "overlays" / f"{q.id}.png"
+            save_mask(mask_path, pred)
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            overlay(image, pred, gt).save(overlay_path)
+            dice, iou = dice_iou(pred, gt) if gt is not None else (None, None)
+            records.append({
+                "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
+                "mask": str(mask_path), "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
+                "in_support": file_sha1(Path(q.image)) in support_hashes,
+                "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}", **extra,
+            })
+        with open(out_dir / "predictions.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(records)
+    return records, out_dir
+
+
 def run_adapt(
     checkpoint: str | None,
     support: str | Path,
@@ -136,7 +172,6 @@ def run_adapt(
     checked before a model is built; --out is created only for the run, and a failed run removes
     what it wrote there (never what was there before)."""
     from metaseg.data.cache import file_sha1, list_task, load_task
-    from metaseg.data.images import read_image, read_mask
     from metaseg.jobs.evaluate import task_notes
     from metaseg.jobs.seen import SeenFlagger
 
@@ -171,34 +206,12 @@ def run_adapt(
         fast = method.learner.adapt(method.model, sx, sy, steps=method.steps)
 
     echo(f"--images {images}: {description}")
-    records = []
-    with folder.writing() as out_dir:
-        (out_dir / "masks").mkdir()
-        (out_dir / "overlays").mkdir()
-        for q in queries:
-            image, _ = read_image(q.image)
-            pred = predict_original_size(method.learner, method.model, fast, image, size, dev)
-            gt = read_mask(q.mask)[0] if q.mask is not None else None
-            if gt is not None and gt.shape != pred.shape:
-                raise MetasegError(f"size mismatch: image {q.image} and mask {q.mask}")
-            mask_path = out_dir / "masks" / f"{q.id}.png"
-            overlay_path = out_dir / "overlays" / f"{q.id}.png"
-            save_mask(mask_path, pred)
-            overlay_path.parent.mkdir(parents=True, exist_ok=True)
-            overlay(image, pred, gt).save(overlay_path)
-            dice, iou = dice_iou(pred, gt) if gt is not None else (None, None)
-            records.append({
-                "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
-                "mask": str(mask_path), "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
-                "in_support": file_sha1(Path(q.image)) in support_hashes,
-                "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}",
-                "seen_in_training": seen.flag(q.image, image, file_sha1(Path(q.image))),
-            })
-        with open(out_dir / "predictions.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(records)
 
+    def predict(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
+        pred = predict_original_size(method.learner, method.model, fast, image, size, dev)
+        return pred, {"seen_in_training": seen.flag(path, image, file_sha1(path))}
+
+    records, out_dir = write_predictions(folder, queries, predict, support_hashes, CSV_FIELDS)
     scored = [r for r in records if r["dice"] != "" and not r["in_support"]]
     summary: dict[str, Any] = {"method": method.name, "steps": method.steps, "images": len(records), "scored": len(scored),
                                "in_support": sum(bool(r["in_support"]) for r in records), "out": str(out_dir),

@@ -80,10 +80,9 @@ def run_sam_mix_adapt(
     overwrite: bool = False, cache_dir: str | None = None, echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Train SAM-Mix on `support` (labels + K masks), segment every image of `images` into `out`."""
-    from metaseg.data.cache import file_sha1, load_task
-    from metaseg.data.images import read_image, read_mask
+    from metaseg.data.cache import load_task
     from metaseg.jobs import checks
-    from metaseg.jobs.adapt import OUTPUTS, dice_iou, list_query_images, overlay, save_mask, to_input
+    from metaseg.jobs.adapt import OUTPUTS, list_query_images, to_input, write_predictions
     from metaseg.models.sam_mix import create_sam_mix
     from metaseg.outputs import OutputFolder
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix
@@ -107,33 +106,14 @@ def run_sam_mix_adapt(
     support_hashes = {task.hashes[i] for i in chosen}
 
     echo(f"--images {images}: {description}")
-    records = []
-    with folder.writing() as out_dir:
-        (out_dir / "masks").mkdir()
-        (out_dir / "overlays").mkdir()
-        for q in queries:
-            image, _ = read_image(q.image)
-            with torch.no_grad():
-                result = model.outputs(to_input(image, size, torch.device("cpu")))
-                logits = F.interpolate(result["logits"], size=image.shape[:2], mode="bilinear", align_corners=False)
-            pred = (logits[0, 0] > 0).numpy()
-            gt = read_mask(q.mask)[0] if q.mask is not None else None
-            mask_path, overlay_path = out_dir / "masks" / f"{q.id}.png", out_dir / "overlays" / f"{q.id}.png"
-            save_mask(mask_path, pred)
-            overlay_path.parent.mkdir(parents=True, exist_ok=True)
-            overlay(image, pred, gt).save(overlay_path)
-            dice, iou = dice_iou(pred, gt) if gt is not None and gt.shape == pred.shape else (None, None)
-            records.append({
-                "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
-                "presence": f"{float(torch.sigmoid(result['presence'][0])):.4f}", "mask": str(mask_path),
-                "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
-                "in_support": file_sha1(Path(q.image)) in support_hashes,
-                "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}",
-            })
-        with open(out_dir / "predictions.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(records)
+
+    def predict(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
+        with torch.no_grad():
+            result = model.outputs(to_input(image, size, torch.device("cpu")))
+            logits = F.interpolate(result["logits"], size=image.shape[:2], mode="bilinear", align_corners=False)
+        return (logits[0, 0] > 0).numpy(), {"presence": f"{float(torch.sigmoid(result['presence'][0])):.4f}"}
+
+    records, out_dir = write_predictions(folder, queries, predict, support_hashes, FIELDS)
     scored = [float(r["dice"]) for r in records if r["dice"] != "" and not r["in_support"]]
     summary: dict[str, Any] = {"method": "sam_mix", "images": len(records), "scored": len(scored), "out": str(out_dir)}
     echo(f"wrote {len(records)} masks to {out_dir / 'masks'}, overlays to {out_dir / 'overlays'}, scores to {out_dir / 'predictions.csv'}")
