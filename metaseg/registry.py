@@ -140,7 +140,16 @@ class Registry:
     def build(self, name: str, options: Mapping[str, Any], where: str) -> Any:
         """Check the options, then call the factory with them."""
         self.check(name, options, where)
-        return self.factory(name, where)(**{k: v for k, v in options.items() if k != self.key})
+        factory = self.factory(name, where)
+        try:
+            return factory(**{k: v for k, v in options.items() if k != self.key})
+        except MetasegError as exc:
+            # factories name their options as "learner.inner_lr" / "model.image_size"; say where the user
+            # wrote them (e.g. "model.learner.inner_lr" in an experiment config)
+            text, own = str(exc), f"{self.kind}."
+            if where != self.kind and text.startswith(own):
+                raise MetasegError(f"{where}.{text[len(own):]}") from None
+            raise
 
     def help_text(self) -> str:
         """Every entry with its options, types and defaults (for --help and the docs)."""

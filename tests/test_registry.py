@@ -38,6 +38,8 @@ def test_meta_train_misspelt_learner_option_is_one_line_listing_the_accepted_one
     (["--model.learner.inner_steps", "abc"], "model.learner.inner_steps: expected int, got 'abc'"),
     (["--model.model.encoder_dept", "2"], "model.model.encoder_dept: unknown option for model 'unet'"),
     (["--model.learner.name", "reptile"], "model.learner.name: unknown learner 'reptile'"),
+    # a value the factory itself refuses is named where the user wrote it, not as "learner.loss"
+    (["--model.learner.loss", "nosuch"], "model.learner.loss: unknown loss 'nosuch'"),
 ])
 def test_meta_train_ill_typed_or_unknown_values_are_one_line(capsys, override, expected):
     from metaseg.cli import main
