@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from metaseg.data.types import TaskArrays
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, at_least
 from metaseg.outputs import OutputFolder
 
 OUTPUTS = ("audit.json", "synthetic.csv", "reference.csv", "histogram.png", "closest_pairs.png")
@@ -36,8 +36,7 @@ def _standardise(images: np.ndarray) -> np.ndarray:
 def nearest_by_correlation(query: np.ndarray, train: np.ndarray, k: int = 1, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The k most correlated training rows of every query row: (values (N, k) descending, indices (N, k)).
     Pearson r = dot product of standardised rows; computed chunk x chunk."""
-    if chunk < 1:
-        raise MetasegError(f"--chunk must be >= 1, got {chunk}")
+    at_least("--chunk", chunk, 1)
     q, t = _standardise(query), _standardise(train)
     k = min(k, len(t))
     values = np.empty((len(q), k), np.float32)
@@ -95,8 +94,7 @@ def audit_arrays(query: TaskArrays, train: TaskArrays, ssim_candidates: int = 0,
     if query.images.shape[1:] != train.images.shape[1:]:
         raise MetasegError(f"the images to audit are {tuple(query.images.shape[1:])} (C, H, W) but the training images are "
                            f"{tuple(train.images.shape[1:])}; both must have the same channels (check --size)")
-    if ssim_candidates < 0:
-        raise MetasegError(f"--ssim-candidates must be >= 0, got {ssim_candidates}")
+    at_least("--ssim-candidates", ssim_candidates, 0)
     k = ssim_candidates or 1
     values, indices = nearest_by_correlation(query.images, train.images, k, chunk)
     q = query.images.astype(np.float64) / 255.0
@@ -134,8 +132,7 @@ def run_audit(synthetic: str | Path, train: str | Path, out: str | Path, heldout
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     if not 0 < tau <= 1:
         raise MetasegError(f"--tau must be in (0, 1], got {tau}")
-    if top < 0:
-        raise MetasegError(f"--top must be >= 0, got {top}")
+    at_least("--top", top, 0)
     folder = OutputFolder(out, OUTPUTS, overwrite).check()
     ckpt = read_synth_checkpoint(checkpoint) if checkpoint else None
     size = int(size or (ckpt["config"]["size"] if ckpt else 64))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metaseg.errors import MetasegError
+from metaseg.errors import at_least
 from metaseg.generative.data import from_joint
 from metaseg.generative.trainer import load_generator, read_synth_checkpoint
 from metaseg.outputs import OutputFolder
@@ -37,10 +37,8 @@ def sample_to_folder(checkpoint: str | Path, n: int, out: str | Path, seed: int 
     from metaseg.generative.figures import sample_grid
 
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
-    if n < 1:
-        raise MetasegError(f"--n must be >= 1, got {n}")
-    if batch_size < 1:
-        raise MetasegError(f"--batch-size must be >= 1, got {batch_size}")
+    at_least("--n", n, 1)
+    at_least("--batch-size", batch_size, 1)
     ckpt = read_synth_checkpoint(checkpoint)
     folder = OutputFolder(out, OUTPUTS, overwrite).check()
     model = load_generator(ckpt, device)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, at_least
 from metaseg.generative.base import JointGenerator, create_generator
 from metaseg.generative.data import from_joint, load_dataset, split_by_hash, to_joint
 
@@ -131,12 +131,11 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
     steps only), so a kill loses at most the lesser of the two. The device is not part of the run's
     settings: a run started on a GPU can be resumed on a CPU and the reverse."""
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
-    if steps < 1 or save_every < 1 or log_every < 1:
-        raise MetasegError("--steps, --save-every and --log-every must be >= 1")
+    for option, value in (("--steps", steps), ("--save-every", save_every), ("--log-every", log_every)):
+        at_least(option, value, 1)
     if save_minutes < 0:
         raise MetasegError(f"--save-minutes must be >= 0 (0 = every --save-every steps only), got {save_minutes}")
-    if config.batch_size < 1:
-        raise MetasegError(f"--batch-size must be >= 1, got {config.batch_size}")
+    at_least("--batch-size", config.batch_size, 1)
     out = Path(out).expanduser()
     resume = _prepare_out(out, config)
     task = load_dataset(config.dataset, config.size, config.layout, cache_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metaseg.errors import MetasegError
+from metaseg.errors import MetasegError, at_least
 from metaseg.metrics import mean_ci95, mean_ci_text
 
 TRUE = {"1", "yes", "true", "present", "positive"}
@@ -65,8 +65,7 @@ def training_rows(ids: list[str], masks: np.ndarray, labels: dict[str, int], sho
     rows = np.array([i for i, name in enumerate(ids) if name in labels], dtype=np.int64)
     present = np.array([labels[ids[i]] for i in rows], dtype=np.int64)
     candidates = np.array([i for i, p in zip(rows, present) if p == 1 and masks[i].any()], dtype=np.int64)
-    if shots < 1:
-        raise MetasegError(f"--shots must be >= 1 (got {shots})")
+    at_least("--shots", shots, 1)
     if len(candidates) < shots:
         raise MetasegError(f"--support has {len(candidates)} labelled images with a lesion mask, fewer than --shots {shots}")
     chosen = np.sort(np.random.default_rng(seed).choice(candidates, shots, replace=False))
