@@ -114,9 +114,9 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
-def write_predictions(folder: OutputFolder, queries: list, predict: Callable[[np.ndarray, Path], tuple[np.ndarray, dict]],
+def write_predictions(folder: OutputFolder, queries: list, predict: Callable[[np.ndarray, Path, str], tuple[np.ndarray, dict]],
                       support_hashes: set[str], fields: tuple[str, ...]) -> tuple[list[dict[str, Any]], Path]:
-    """Segment every query with `predict(image, path) -> (mask at the image's size, extra CSV columns)` and write
+    """Segment every query with `predict(image, path, sha1) -> (mask at the image's size, extra CSV columns)` and write
     masks/, overlays/ and predictions.csv inside the run folder: one writer for every `adapt` method."""
     from metaseg.data.cache import file_sha1
     from metaseg.data.images import read_image, read_mask
@@ -127,7 +127,8 @@ def write_predictions(folder: OutputFolder, queries: list, predict: Callable[[np
         (out_dir / "overlays").mkdir()
         for q in queries:
             image, _ = read_image(q.image)
-            pred, extra = predict(image, Path(q.image))
+            sha = file_sha1(Path(q.image))  # read once: support membership here, seen-in-training in `predict`
+            pred, extra = predict(image, Path(q.image), sha)
             gt = read_mask(q.mask)[0] if q.mask is not None else None
             if gt is not None and gt.shape != pred.shape:
                 raise MetasegError(f"size mismatch: image {q.image} and mask {q.mask}")
@@ -140,7 +141,7 @@ def write_predictions(folder: OutputFolder, queries: list, predict: Callable[[np
             records.append({
                 "id": q.id, "image": str(q.image), "width": image.shape[1], "height": image.shape[0],
                 "mask": str(mask_path), "overlay": str(overlay_path), "ground_truth": str(q.mask or ""),
-                "in_support": file_sha1(Path(q.image)) in support_hashes,
+                "in_support": sha in support_hashes,
                 "dice": "" if dice is None else f"{dice:.6f}", "iou": "" if iou is None else f"{iou:.6f}", **extra,
             })
         with open(out_dir / "predictions.csv", "w", newline="") as fh:
@@ -171,7 +172,7 @@ def run_adapt(
     Options, --checkpoint, --support (enough pairs for --shots) and --images (has images) are all
     checked before a model is built; --out is created only for the run, and a failed run removes
     what it wrote there (never what was there before)."""
-    from metaseg.data.cache import file_sha1, list_task, load_task
+    from metaseg.data.cache import list_task, load_task
     from metaseg.jobs.evaluate import task_notes
     from metaseg.jobs.seen import SeenFlagger
 
@@ -207,9 +208,9 @@ def run_adapt(
 
     echo(f"--images {images}: {description}")
 
-    def predict(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
+    def predict(image: np.ndarray, path: Path, sha: str) -> tuple[np.ndarray, dict[str, str]]:
         pred = predict_original_size(method.learner, method.model, fast, image, size, dev)
-        return pred, {"seen_in_training": seen.flag(path, image, file_sha1(path))}
+        return pred, {"seen_in_training": seen.flag(path, image, sha)}
 
     records, out_dir = write_predictions(folder, queries, predict, support_hashes, CSV_FIELDS)
     scored = [r for r in records if r["dice"] != "" and not r["in_support"]]

@@ -106,7 +106,7 @@ def run_sam_mix_adapt(
 
     echo(f"--images {images}: {description}")
 
-    def predict(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
+    def predict(image: np.ndarray, path: Path, sha: str) -> tuple[np.ndarray, dict[str, str]]:
         with torch.no_grad():
             result = model.outputs(to_input(image, size, torch.device("cpu")))
             logits = F.interpolate(result["logits"], size=image.shape[:2], mode="bilinear", align_corners=False)
