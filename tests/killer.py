@@ -3,6 +3,7 @@ meta-training (tests only: a real, uncatchable kill at a reproducible moment).
 
     python -m tests.killer before_step N MODULE ARGS...   # killed just before meta-step N starts
     python -m tests.killer in_write N MODULE ARGS...      # killed half-way through writing step N's checkpoint
+    python -m tests.killer ctrl_c N MODULE ARGS...        # SIGINT (Ctrl-C) just before meta-step N starts
 """
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def install(stage: str, step: int) -> None:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if trainer.global_step == step:
                 _die()
+
+        MetaSegCheckpoint.on_train_batch_start = on_train_batch_start
+    elif stage == "ctrl_c":
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == step:
+                os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt here, as a real Ctrl-C would
 
         MetaSegCheckpoint.on_train_batch_start = on_train_batch_start
     elif stage == "in_write":

@@ -118,6 +118,24 @@ def test_embedding_cache_returns_what_the_encoder_computes_and_is_shared_through
     assert other.cache().misses == 0  # served from disk
 
 
+def test_an_interrupted_embedding_write_leaves_no_entry_and_no_temp_file(tmp_path, monkeypatch):
+    from metaseg.models.medsam_lite import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path, "ns")
+
+    def interrupted_save(fh, array, allow_pickle=False):
+        fh.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put("key", torch.ones(2, 3))
+    assert list((tmp_path / "ns").iterdir()) == []  # neither key.npy nor the temp file
+    monkeypatch.undo()
+    cache.put("key", torch.ones(2, 3))
+    assert EmbeddingCache(tmp_path, "ns").get("key").shape == (2, 3)
+
+
 def test_cached_embeddings_do_not_depend_on_train_mode(blobs):
     """TinyViT has BatchNorms: a frozen encoder must encode with running statistics even while the
     module trains (Lightning calls .train()), or the cache would keep batch-dependent embeddings."""

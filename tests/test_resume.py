@@ -69,13 +69,14 @@ def assert_same_run(straight: dict, resumed: dict, restarted_at: int) -> None:
     assert step_of(resumed["best"]) == step_of(straight["best"])
 
 
-def killed_subprocess(tmp_path: Path, stage: str, step: int, module: str, *args: str) -> subprocess.CompletedProcess:
-    """Run `python -m MODULE ARGS` in a child that SIGKILLs itself at (stage, step) (tests/killer.py)."""
+def killed_subprocess(tmp_path: Path, stage: str, step: int, module: str, *args: str,
+                      returncode: int = -9) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS` in a child that SIGKILLs (or Ctrl-Cs) itself at (stage, step) (tests/killer.py)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore",
            "METASEG_TEST_THREADS": str(torch.get_num_threads())}  # as the in-process runs compared with it
     proc = subprocess.run([sys.executable, "-m", "tests.killer", stage, str(step), module, *args], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL, not finished or failed
+    assert proc.returncode == returncode, proc.stderr[-2000:]  # killed as asked, not finished or failed
     return proc
 
 
@@ -106,6 +107,19 @@ def test_sigkill_before_the_first_validation_resumes_exactly(tmp_path: Path, uni
     assert step_of(last) == 4 and not list(root.rglob("best.ckpt"))  # no validation had run yet
     resumed = run_tiny(tmp_path, *EARLY, "--ckpt_path", "last", name="killed")
     assert_same_run(uninterrupted, resumed, restarted_at=4)
+
+
+def test_ctrl_c_finishes_the_step_writes_a_resume_point_and_resumes_exactly(tmp_path: Path, uninterrupted: dict) -> None:
+    config = write_config(tmp_path / "killed.yaml")
+    root = tmp_path / "runs" / "killed"
+    argv = ["meta-train", "--config", str(config), "--trainer.default_root_dir", str(root), *EARLY]
+    proc = killed_subprocess(tmp_path, "ctrl_c", 5, "metaseg.cli", *argv, returncode=1)
+    assert "interrupted after meta-step 6" in proc.stderr and "--ckpt_path last" in proc.stderr
+    last = next(root.rglob("last.ckpt"))
+    # the step under way when Ctrl-C came (the 6th) was finished, validated and saved, not lost
+    assert step_of(last) == 6 and list(root.rglob("best.ckpt"))
+    resumed = run_tiny(tmp_path, *EARLY, "--ckpt_path", "last", name="killed")
+    assert_same_run(uninterrupted, resumed, restarted_at=6)
 
 
 def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path: Path, uninterrupted: dict) -> None:

@@ -143,9 +143,13 @@ class EmbeddingCache:
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, value.numpy(), allow_pickle=False)
-            os.replace(tmp, self.directory / f"{key}.npy")
+            try:  # temp file + rename: an interrupted write never leaves a broken entry, nor its temp file
+                with os.fdopen(fd, "wb") as fh:
+                    np.save(fh, value.numpy(), allow_pickle=False)
+                os.replace(tmp, self.directory / f"{key}.npy")
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
 
 
 def default_embedding_dir() -> Path:

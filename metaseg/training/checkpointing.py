@@ -13,10 +13,19 @@ leaves the previous file intact.
 Resume points are never written on a step where validation is due (Lightning would skip that
 validation after a restart, so best.ckpt could differ from an uninterrupted run's); that step's
 last.ckpt is written after validation instead.
+
+Ctrl-C during meta-training stops at the end of the current meta-step (or of the validation due
+after it), writes last.ckpt there and exits, so `--ckpt_path last` continues exactly; a second
+Ctrl-C stops at once. Why not save in Lightning's `on_exception`: an interrupt lands mid-step,
+where the loop's progress counters already count a batch the weights have not seen, and a
+resume from that state silently skips a meta-step (tested).
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -69,6 +78,8 @@ class MetaSegCheckpoint(ModelCheckpoint):
         self.resume_every_seconds = 60.0 * float(every_minutes or 0.0)
         self._resume_step = -1
         self._resume_time = time.monotonic()
+        self._interrupted = False
+        self._previous_sigint: Any = None
 
     @property
     def state_key(self) -> str:
@@ -81,6 +92,34 @@ class MetaSegCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             for stale in Path(self.dirpath).glob(f"*.ckpt{TMP_SUFFIX}"):  # a write a kill interrupted
                 stale.unlink()
+        if stage == "fit" and self.save_last and threading.current_thread() is threading.main_thread():
+            self._interrupted = False
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._interrupted:  # the second Ctrl-C: stop now, from the last resume point
+            raise KeyboardInterrupt
+        self._interrupted = True
+        print("\nmetaseg: Ctrl-C: stopping after this meta-step to write last.ckpt (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def _stop_if_interrupted(self, trainer: pl.Trainer) -> None:
+        """At a step boundary, after an interrupt: write the resume point and stop."""
+        if not bool(trainer.strategy.broadcast(self._interrupted)):
+            return
+        if self._resume_step != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if trainer.is_global_zero and self.dirpath:
+            print(f"metaseg: interrupted after meta-step {trainer.global_step}; resume point "
+                  f"{Path(self.dirpath) / (self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)} "
+                  "(continue with --ckpt_path last)", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -89,20 +128,28 @@ class MetaSegCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if not self.save_last or not self._fitting(trainer) or self._resume_step == trainer.global_step:
+        if not self.save_last or not self._fitting(trainer):
+            return
+        if self._resume_step == trainer.global_step:
+            self._stop_if_interrupted(trainer)
             return
         by_steps = self.resume_every_steps > 0 and trainer.global_step % self.resume_every_steps == 0
         by_time = self.resume_every_seconds > 0 and time.monotonic() - self._resume_time >= self.resume_every_seconds
         if self.resume_every_seconds > 0:
             by_time = bool(trainer.strategy.broadcast(by_time))  # one decision for every process
-        if (by_steps or by_time) and not self._validation_due(trainer):
+        if self._validation_due(trainer):
+            return  # the resume point (and an interrupt's stop) comes after that validation
+        if by_steps or by_time:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._stop_if_interrupted(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)  # best.ckpt when val_dice improved
         # ModelCheckpoint rewrites last.ckpt only beside an improvement; a resume point is due anyway
         if self.save_last and self._fitting(trainer) and self._resume_step != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and self._fitting(trainer):
+            self._stop_if_interrupted(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
