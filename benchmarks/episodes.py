@@ -5,6 +5,11 @@ Samples K=5 support + Q=15 query episodes at 128 px from the validated cache (Kv
 torch.set_num_threads(1), and writes benchmarks/results/episodes.json. Reported rate = the median
 of `--repeats` timed runs of `--episodes` episodes each (wall clock; CPU time is recorded too,
 because a shared machine's other load slows wall clock but not CPU time).
+
+What an episode is here: what `EpisodeSampler.sample` returns, the gathered uint8 support + query
+rows with their ids; its float32 tensors are made on first use or on the device (`Episode.to`),
+which is what a DataLoader worker hands over. `float_episodes_per_second` also makes the float32
+tensors on this CPU core (what a CPU consumer pays once per episode, on first access).
 """
 from __future__ import annotations
 
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULT))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_start = [round(x, 2) for x in os.getloadavg()]
 
     tasks, source = load_tasks(args.dataset, args.size, n_synthetic=64)
     plain = EpisodeSampler(tasks, args.shots, args.query, seed=0)
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     augmented = EpisodeSampler(tasks, args.shots, args.query, seed=0, augment=SupportAugment())
     sampled = rate(plain.sample, args.episodes, args.repeats)
     ids_only = rate(plain.sample_ids, args.episodes, args.repeats)
+    with_float = rate(lambda i: plain.sample(i).support_x, args.episodes, args.repeats)
     with_aug = rate(augmented.sample, max(args.episodes // 10, 50), args.repeats)
     result = {
         "episodes_per_second": sampled["median"],
@@ -79,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         "episodes_per_second_detail": sampled,
         "note": "episodes_per_second is wall clock; episodes_per_cpu_second divides by this process's CPU time "
                 "and is the one-core rate when other processes share the cores (see machine.load_average_at_start)",
+        "float_episodes_per_second": with_float["median"],
+        "float_episodes_per_cpu_second": with_float["cpu_time_median"],
+        "float_detail": with_float,
+        "episode": "uint8 support + query pixels and ids (EpisodeSampler.sample); float32 made on first use or on the "
+                   "device (Episode.to). float_episodes_per_second also makes float32 on this core",
         "ids_only_episodes_per_second": ids_only["median"],
         "augmented_episodes_per_second": with_aug["median"],
         "augmented_detail": with_aug,
@@ -90,14 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.episodes " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "cpu_count": os.cpu_count(), "load_average_at_start": load_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
         },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("episodes_per_second", "episodes_per_cpu_second", "ids_only_episodes_per_second", "augmented_episodes_per_second", "data", "torch_threads")}))
+    print(json.dumps({k: result[k] for k in ("episodes_per_second", "episodes_per_cpu_second", "float_episodes_per_second", "ids_only_episodes_per_second", "augmented_episodes_per_second", "data", "torch_threads")}))
     return 0
 
 

@@ -148,3 +148,26 @@ def test_sample_cli_errors_are_one_line(capsys):
     assert main(["data", "sample", "synthetic:rings", "--shots", "8", "--queries", "8", "-o", "n=10"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metaseg: error: --shots 8:") and "--queries 8" in err and "Traceback" not in err
+
+
+def test_pixel_episodes_make_the_same_floats_on_access_on_a_device_and_after_pickling(tasks):
+    """The sampler hands out uint8 pixels; support_x (etc.), .to(device) and a DataLoader's pickle give equal floats."""
+    import pickle
+
+    from metaseg.data.types import Episode, PixelEpisode
+
+    sampler = EpisodeSampler(tasks, shots=3, queries=4, seed=2)
+    e = sampler.sample(5)
+    assert isinstance(e, PixelEpisode) and isinstance(e, Episode) and e.pixels[0].dtype == torch.uint8
+    moved, unpickled = e.to("cpu"), pickle.loads(pickle.dumps(e))
+    assert type(moved) is Episode and unpickled.pixels is not None
+    task = next(t for t in tasks if t.name == e.task)
+    rows = [task.ids.index(i) for i in e.support_ids + e.query_ids]
+    x = torch.from_numpy(task.images[rows]).float() / 255
+    y = torch.from_numpy(task.masks[rows]).float()[:, None]
+    for ep in (e, moved, unpickled):
+        assert torch.equal(ep.support_x, x[:3]) and torch.equal(ep.query_x, x[3:])
+        assert torch.equal(ep.support_y, y[:3]) and torch.equal(ep.query_y, y[3:])
+    assert e.pixels is None, "converted once, then kept"
+    e.support_x = e.support_x.double()
+    assert e.support_x.dtype == torch.float64 and e.query_x.dtype == torch.float32
