@@ -85,7 +85,7 @@ def test_every_table_entry_resolves_and_lists_its_options():
             assert callable(registry.factory(name, registry.kind))
             registry.options(name)  # the signature's annotations resolve
     assert list(LEARNER_REGISTRY.options("fomaml")) == ["inner_steps", "inner_lr", "meta_sgd", "meta_sgd_per",
-                                                        "inner_optimizer", "loss"]
+                                                        "inner_optimizer", "loss", "vmap_tasks"]
 
 
 def test_create_learner_and_model_check_options_in_one_line():

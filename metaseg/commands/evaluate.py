@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from metaseg.commands.options import add_device_option
+from metaseg.commands.options import add_device_option, add_precision_option
 from metaseg.commands.reader_args import add_reader_options, reader_options
 from metaseg.jobs.methods import BASELINES
 
@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, help="image size (default: the checkpoint's training size, else 128)")
     parser.add_argument("--cache-dir", help="where decoded datasets are cached")
     add_device_option(parser)
+    add_precision_option(parser)
     parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace this command's outputs in a non-empty --out")
     parser.add_argument("--allow-seen", action="store_true",

@@ -1,4 +1,4 @@
-"""--device, defined once for the commands that run a network (adapt, evaluate)."""
+"""--device and --precision, defined once for the commands that run a network (adapt, evaluate)."""
 from __future__ import annotations
 
 import argparse
@@ -9,3 +9,9 @@ from metaseg.jobs.methods import DEVICES
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="auto (default: cuda when available, else cpu), cpu or cuda")
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"],
+                        help="fp32 (default) or bf16-mixed: convs and matmuls in bfloat16 under autocast, parameters, "
+                             "inner-loop updates and losses in float32 (CPU and CUDA; docs/speed.md)")

@@ -23,6 +23,7 @@ from metaseg.data.types import TaskArrays
 from metaseg.errors import MetasegError
 from metaseg.jobs import checks
 from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
+from metaseg.meta import core
 from metaseg.metrics import mean_ci95, mean_ci_text
 from metaseg.outputs import OutputFolder
 
@@ -166,6 +167,7 @@ def run_adapt(
     device: str | None = None,
     reader_options: Mapping[str, Any] | None = None,
     echo: Callable[[str], Any] = print,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Adapt on K support pairs, segment every image of `images`, write masks/overlays/CSV into `out`.
 
@@ -177,6 +179,7 @@ def run_adapt(
     from metaseg.jobs.seen import SeenFlagger
 
     checks.at_least("--shots", shots, 1)
+    checks.precision("--precision", precision)
     checks.at_least("--steps", steps, 0)
     checks.at_least("--seed", seed, 0)
     checks.image_size("--size", size)
@@ -203,13 +206,14 @@ def run_adapt(
     steps_note = "no network adapted" if method.steps is None else f"{method.steps} steps"
     echo(f"{method.name}: adapting on {shots} support images of {support} at {size} px "
          f"({steps_note}): {', '.join(task.ids[i] for i in rows)}")
-    with torch.enable_grad():
+    with torch.enable_grad(), core.autocast(precision, dev):
         fast = method.learner.adapt(method.model, sx, sy, steps=method.steps)
 
     echo(f"--images {images}: {description}")
 
     def predict(image: np.ndarray, path: Path, sha: str) -> tuple[np.ndarray, dict[str, str]]:
-        pred = predict_original_size(method.learner, method.model, fast, image, size, dev)
+        with core.autocast(precision, dev):
+            pred = predict_original_size(method.learner, method.model, fast, image, size, dev)
         return pred, {"seen_in_training": seen.flag(path, image, sha)}
 
     records, out_dir = write_predictions(folder, queries, predict, support_hashes, CSV_FIELDS)

@@ -34,3 +34,11 @@ def checkpoint_file(option: str, value: str | Path) -> None:
     from metaseg.checkpoints import read_checkpoint
 
     read_checkpoint(value, option)
+
+
+def precision(option: str, value: str) -> None:
+    """--precision: one of metaseg.meta.core.PRECISIONS."""
+    from metaseg.meta.core import PRECISIONS
+
+    if value not in PRECISIONS:
+        raise MetasegError(f"{option} must be one of {', '.join(PRECISIONS)} (got {value!r})")

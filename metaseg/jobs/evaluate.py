@@ -25,6 +25,7 @@ from metaseg.data.types import Episode, TaskArrays
 from metaseg.errors import MetasegError
 from metaseg.jobs import checks
 from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
+from metaseg.meta import core
 from metaseg.meta.scoring import score_episode
 from metaseg.metrics import mean_ci95, mean_ci_text
 from metaseg.outputs import OutputFolder
@@ -103,12 +104,13 @@ def evaluate_method(
     device: str | torch.device | None = None,
     progress: Any = None,
     variants: Mapping[str, Mapping[str, Any]] | None = None,
+    precision: str = "fp32",
 ) -> list[EpisodeResult]:
     """Evaluate one (model, learner) on `episodes` K-shot episodes per K in `shots`.
 
     The same (tasks, K, seed) always gives the same episodes, so methods evaluated with the same
     seed are compared on identical supports and queries. The model is never modified (learners
-    adapt functionally). `queries` is capped by the smallest task's size minus K. `variants`: see
+    adapt functionally). `precision`: "fp32" or "bf16-mixed" (metaseg.meta.core.autocast). `queries` is capped by the smallest task's size minus K. `variants`: see
     `metaseg.meta.scoring.score_episode`; each variant's results carry the method name plus its suffix.
     Every K is checked against every task before the first episode runs.
     """
@@ -119,7 +121,8 @@ def evaluate_method(
     for k in shots:
         for index, episode in enumerate(evaluation_episodes(tasks, int(k), episodes, seed, queries)):
             start = time.perf_counter()
-            scores = score_episode(model, learner, episode.to(device), steps=steps, variants=variants or {"": {}})
+            with core.autocast(precision, device):
+                scores = score_episode(model, learner, episode.to(device), steps=steps, variants=variants or {"": {}})
             seconds = time.perf_counter() - start
             for suffix, s in scores.items():
                 results.append(EpisodeResult(method + suffix, int(k), index, episode.task, episode.support_ids,
@@ -196,6 +199,7 @@ def run_evaluate(
     reader_options: Mapping[str, Any] | None = None,
     echo: Any = print,
     allow_seen: bool = False,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """`metaseg evaluate`: writes episodes.csv, images.csv and summary.md into `out`; returns the summary rows.
 
@@ -207,6 +211,7 @@ def run_evaluate(
 
     for option, value, minimum in (("--episodes", episodes, 1), ("--steps", steps, 0), ("--seed", seed, 0)):
         checks.at_least(option, value, minimum)
+    checks.precision("--precision", precision)
     checks.image_size("--size", size)
     check_episode_counts(list(shots), queries, {})
     folder = OutputFolder(out, OUTPUTS, overwrite).check()
@@ -228,7 +233,8 @@ def run_evaluate(
 
     with folder.writing() as out:
         results = evaluate_method(found.model, found.learner, [task], shots, episodes, seed=seed, steps=found.steps,
-                                  queries=queries, method=found.name, device=dev, progress=progress)
+                                  queries=queries, method=found.name, device=dev, progress=progress,
+                                  precision=precision)
         rows = summarise(results)
         seen_lines = seen.summary_lines([q for r in results for q in r.query_ids]) if seen else []
         write_episode_csv(results, out / "episodes.csv")
@@ -237,7 +243,7 @@ def run_evaluate(
         details = [
             f"checkpoint: {found.checkpoint or f'none ({found.name} baseline)'}",
             f"dataset: {dataset} ({task.name}, {len(task)} images at {size} px)",
-            f"episodes per K: {episodes}; queries per episode: up to {queries}; seed: {seed}{adaptation}",
+            f"episodes per K: {episodes}; queries per episode: up to {queries}; seed: {seed}{adaptation}; precision: {precision}",
             "support and query of every episode are disjoint (checked by id and content hash)",
             *task_notes(task, "dataset"),
             *seen_lines,

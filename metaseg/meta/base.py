@@ -43,6 +43,11 @@ class MetaLearner(nn.Module):
         iMAML adds `cg_residual`."""
         raise NotImplementedError
 
+    def meta_backward_batch(self, model: nn.Module, episodes: list[Episode], scale: float = 1.0) -> list[dict[str, float]]:
+        """`meta_backward` of every episode of a meta-batch (each scaled by `scale`), one stats dict
+        per episode. Learners with `vmap_tasks` run the episodes' inner loops together instead."""
+        return [self.meta_backward(model, episode, scale=scale) for episode in episodes]
+
     def meta_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
         """What the outer optimiser steps: the model's trainable parameters and the learner's own."""
         yield from (p for p in model.parameters() if p.requires_grad)

@@ -8,8 +8,9 @@ copying the module (unlike learn2learn's clone) or monkey-patching it (unlike hi
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,8 +38,17 @@ def forward(model: nn.Module, params: Params, x: torch.Tensor, buffers: Params |
 
 
 def loss_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Callable, buffers: Params | None = None) -> LossFn:
-    """params -> loss(model_params(x), y): the closure the inner loop and the HVPs differentiate."""
-    return lambda params: loss(forward(model, params, x, buffers), y)
+    """params -> loss(model_params(x), y): the closure the inner loop and the HVPs differentiate.
+
+    The logits are taken to float32 before the loss (`full_precision`: a no-op in fp32 and fp64): under bf16 autocast the
+    network's last conv returns bf16, and a Dice/BCE sum over 16k pixels per image in bf16 (8-bit
+    mantissa) would lose the small differences the inner loop follows."""
+    return lambda params: loss(full_precision(forward(model, params, x, buffers)), y)
+
+
+def full_precision(logits: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits (autocast) as float32; float32 and float64 as they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 def grads(loss: torch.Tensor, params: Params, create_graph: bool = False, retain_graph: bool | None = None) -> Params:
@@ -55,6 +65,34 @@ def add_grads(parameters: Sequence[torch.Tensor], values: Sequence[torch.Tensor 
             continue
         g = g.detach() * scale if scale != 1.0 else g.detach()
         p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+
+
+# ------------------------------------------------------------------------------- precision
+
+PRECISIONS = ("fp32", "bf16-mixed")
+
+
+def autocast(precision: str, device: torch.device | str) -> ContextManager:
+    """The context a learner's forward passes run under for `precision`.
+
+    "bf16-mixed" is torch.autocast(bfloat16) on the device's type (CPU or CUDA), i.e. Lightning's
+    bf16-mixed: autocast casts only the ops on its lower-precision list (conv, matmul, linear) to
+    bf16 — so the forward, its backward and the HVPs' double backward run their convs in bf16 —
+    while every parameter stays a float32 master copy, and everything a learner does with
+    parameters is elementwise and stays float32: the inner-loop update φ − lr·g, Adam moments,
+    Meta-SGD rates, the iMAML proximal term, conjugate gradient's vectors, dot products and step
+    sizes, and the gradients themselves (the bf16 cast of a weight is differentiated back to its
+    float32 leaf). Why: an update lr·g is ~1e-3 of a weight, below bf16's resolution (2^-8
+    relative), so bf16 parameters would round most inner steps away, and CG's recurrences
+    lose conjugacy at 3 significant digits. The losses are computed on float32 logits (loss_at).
+    """
+    if precision not in PRECISIONS:
+        from metaseg.errors import MetasegError
+
+        raise MetasegError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 # ------------------------------------------------------------------------- inner-loop steps
@@ -287,3 +325,163 @@ def make_meta_sgd_lrs(params: Params, init: float, per: str = "element") -> nn.P
 
 def meta_sgd_lr_dict(lrs: nn.ParameterDict, params: Params) -> dict[str, torch.Tensor]:
     return {n: lrs[lr_key(n)] for n in params}
+
+
+# ------------------------------------------------------------------ batched tasks (vmap)
+#
+# A meta-batch of T episodes of equal shapes runs its inner loops together: torch.func.vmap over
+# the leading task dimension of stacked (T, B, C, H, W) images, torch.func.grad in place of
+# autograd.grad (autograd.grad cannot run under vmap), and the conjugate-gradient solve on
+# (T, ...)-batched vectors with a per-task stop mask, so that each task stops exactly where the
+# sequential solve would. Why: T small forward passes become one batched (grouped) pass, which
+# keeps a wide device busy; on one CPU thread it mostly saves per-op overhead (docs/speed.md).
+# Not supported (refused by the learners): BatchNorm in train mode (its in-place running-stat
+# update has no batching rule: use the U-Net's default GroupNorm), activation checkpointing, and
+# data-dependent early stopping of the inner loop (iMAML inner_tol > 0).
+
+
+def stack_episodes(episodes: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(support_x, support_y, query_x, query_y), each stacked to (T, B, ...); equal shapes required."""
+    shapes = {(tuple(e.support_x.shape), tuple(e.query_x.shape)) for e in episodes}
+    if len(shapes) > 1:
+        from metaseg.errors import MetasegError
+
+        raise MetasegError(f"learner.vmap_tasks: the episodes of a meta-batch must share their shapes, got {sorted(shapes)}")
+    return tuple(torch.stack([getattr(e, k) for e in episodes]) for k in ("support_x", "support_y", "query_x", "query_y"))
+
+
+def check_vmappable(model: nn.Module) -> None:
+    """BatchNorm updating running statistics in place cannot run under vmap: a one-line error."""
+    bad = [n for n, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    if bad:
+        from metaseg.errors import MetasegError
+
+        raise MetasegError(f"learner.vmap_tasks: BatchNorm in train mode ({bad[0]}, ...) cannot run under vmap; "
+                           "use model.norm 'group' (the default) or vmap_tasks false")
+
+
+def vmap_maml_grads(
+    model: nn.Module, loss: Callable, theta: Params, lr: LearningRate, episodes: Sequence, steps: int,
+    optimizer: str = "sgd", second_order: bool = True, scale: float = 1.0,
+) -> tuple[Params, dict[str, torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+    """MAML / FOMAML meta-gradient of scale x sum over `episodes` of the query loss after `steps`
+    inner steps, all tasks at once. Returns (d/dθ, d/d lr (Meta-SGD dict) or None, query losses (T,),
+    support losses (T, steps))."""
+    sx, sy, qx, qy = stack_episodes(episodes)
+    learn_lr = isinstance(lr, dict)
+
+    def task(theta: Params, lr: LearningRate, sx, sy, qx, qy):
+        support = loss_at(model, sx, sy, loss)
+        fast, state, losses = theta, new_state(optimizer), []
+        for _ in range(steps):
+            g, value = torch.func.grad_and_value(support)(fast)
+            if not second_order:  # FOMAML: the direction is a constant of the outer derivative
+                g = {n: t.detach() for n, t in g.items()}
+            direction, state = DIRECTIONS[optimizer](g, state)
+            fast = apply_update(fast, direction, lr)
+            losses.append(value)
+        q = loss(full_precision(forward(model, fast, qx)), qy)
+        return q, (q.detach(), torch.stack(losses).detach() if losses else q.new_zeros(0))
+
+    def total(theta: Params, lr: LearningRate):
+        q, aux = torch.func.vmap(task, in_dims=(None, None, 0, 0, 0, 0))(theta, lr, sx, sy, qx, qy)
+        return q.sum() * scale, aux
+
+    argnums = (0, 1) if learn_lr else 0
+    lr_in = {n: t.detach() for n, t in lr.items()} if learn_lr else lr
+    grads_out, (q, s) = torch.func.grad(total, argnums=argnums, has_aux=True)(detached(theta), lr_in)
+    g_theta, g_lr = grads_out if learn_lr else (grads_out, None)
+    return g_theta, g_lr, q, s
+
+
+def vmap_inner_solve(model: nn.Module, objective: Callable[[Params, Params, torch.Tensor, torch.Tensor], torch.Tensor],
+                     theta: Params, lr: LearningRate, sx: torch.Tensor, sy: torch.Tensor, steps: int,
+                     optimizer: str = "sgd") -> tuple[Params, torch.Tensor]:
+    """First-order inner loops of T tasks at once (nothing differentiated through them): the fast
+    weights (T-batched) and the objective before each step (T, steps). `objective(params, anchor, x, y)`."""
+
+    def task(theta: Params, sx, sy):
+        fast, state, losses = theta, new_state(optimizer), []
+        for _ in range(steps):
+            g, value = torch.func.grad_and_value(lambda p: objective(p, theta, sx, sy))(fast)
+            direction, state = DIRECTIONS[optimizer](g, state)
+            fast = apply_update(fast, direction, lr)
+            losses.append(value)
+        return fast, torch.stack(losses) if losses else sx.new_zeros(0)
+
+    with torch.no_grad():
+        return torch.func.vmap(task, in_dims=(None, 0, 0))(detached(theta), sx, sy)
+
+
+def vmap_hvp(model: nn.Module, loss: Callable, fast: Params, sx: torch.Tensor, sy: torch.Tensor) -> Callable[[Params], Params]:
+    """v -> H_t v for every task t at once (T-batched fast weights and v), by forward-over-reverse."""
+
+    def task(fast: Params, v: Params, sx, sy):
+        grad_fn = torch.func.grad(loss_at(model, sx, sy, loss))
+        return torch.func.jvp(grad_fn, (fast,), (v,))[1]
+
+    batched = torch.func.vmap(task, in_dims=(0, 0, 0, 0))
+    return lambda v: {n: h.detach() for n, h in batched(fast, v, sx, sy).items()}
+
+
+def _per_task(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return s.view(-1, *([1] * (like.dim() - 1)))
+
+
+def batched_dot(a: Params, b: Params) -> torch.Tensor:
+    """Per-task dot products (T,) of T-batched parameter dicts."""
+    return sum((a[n] * b[n]).flatten(1).sum(1) for n in a)
+
+
+@dataclass
+class BatchedCGResult:
+    """CGResult per task: x T-batched, residual / steps / matvecs / negative_curvature of shape (T,)."""
+
+    x: Params
+    residual: torch.Tensor
+    steps: torch.Tensor
+    matvecs: torch.Tensor
+    negative_curvature: torch.Tensor
+
+
+def batched_conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int, tol: float = 0.0) -> BatchedCGResult:
+    """`conjugate_gradient` (from x = 0) for T systems at once: the same iterates per task; a task
+    that would have stopped (residual below tol, or pᵀAp ≤ 0 with the same convention) is frozen
+    by a mask while the others go on, and the loop ends when none is active."""
+    x = {n: torch.zeros_like(t) for n, t in b.items()}
+    r = {n: t.clone() for n, t in b.items()}
+    d = {n: t.clone() for n, t in r.items()}
+    b_norm = batched_dot(b, b).sqrt().clamp_min(1e-30)
+    rr = batched_dot(r, r)
+    n_tasks = rr.shape[0]
+    active = torch.ones(n_tasks, dtype=torch.bool, device=rr.device)
+    negative = torch.zeros_like(active)
+    done = torch.zeros(n_tasks, dtype=torch.long, device=rr.device)
+    matvecs = torch.zeros_like(done)
+    where = lambda mask, a, b_: {n: torch.where(_per_task(mask, a[n]), a[n], b_[n]) for n in a}  # noqa: E731
+    for _ in range(steps):
+        stop = (rr == 0) | ((rr.sqrt() / b_norm < tol) if tol > 0 else torch.zeros_like(active))
+        active = active & ~stop
+        if not bool(active.any()):
+            break
+        ad = matvec(d)
+        matvecs = matvecs + active.long()
+        curvature = batched_dot(d, ad)
+        neg = active & (curvature <= 0)
+        first = neg & (done == 0)  # truncated-Newton convention: x = b
+        if bool(first.any()):
+            x = where(first, b, x)
+            r = where(first, {n: b[n] - ad[n] for n in b}, r)
+            rr = torch.where(first, batched_dot(r, r), rr)
+        negative = negative | neg
+        active = active & ~neg
+        alpha = torch.where(active, rr / torch.where(active, curvature, torch.ones_like(curvature)), torch.zeros_like(rr))
+        x = where(active, {n: x[n] + _per_task(alpha, x[n]) * d[n] for n in x}, x)
+        r = where(active, {n: r[n] - _per_task(alpha, r[n]) * ad[n] for n in r}, r)
+        rr_new = torch.where(active, batched_dot(r, r), rr)
+        beta = torch.where(active, rr_new / torch.where(active, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+        d = where(active, {n: r[n] + _per_task(beta, r[n]) * d[n] for n in d}, d)
+        rr = rr_new
+        done = done + active.long()
+    return BatchedCGResult(x, rr.sqrt() / b_norm, done, matvecs, negative)

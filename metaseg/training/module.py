@@ -156,8 +156,7 @@ class MetaSegModule(pl.LightningModule):
         loss_scale = float(scaler.scale(torch.ones((), device=self.device))) if scaler is not None else 1.0
 
         sums: dict[str, float] = {}
-        for episode in episodes:
-            stats = self.learner.meta_backward(self.model, episode, scale=loss_scale / total)
+        for stats in self.learner.meta_backward_batch(self.model, episodes, scale=loss_scale / total):
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
         if self._world() > 1:
