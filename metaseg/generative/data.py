@@ -9,7 +9,7 @@ Renaming or reordering files does not move an image between splits.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ def group_key(content_hash: str) -> str:
 class Split:
     train: np.ndarray  # row indices the generator (and the real-data segmenter) train on
     heldout: np.ndarray  # never seen by the generator: audit reference and real test set
+    order: list[int] = field(default_factory=list)  # every row in the seeded hash order (GenSeg's train/val/test)
 
 
 def split_by_hash(hashes: list[str], heldout_fraction: float = 0.2, n_train: int | None = None, seed: int = 0) -> Split:
@@ -62,7 +63,7 @@ def split_by_hash(hashes: list[str], heldout_fraction: float = 0.2, n_train: int
         train = train[:n_train]
     if not train:
         raise MetasegError("no training image left after the held-out split (lower --heldout-fraction)")
-    return Split(np.array(sorted(train), dtype=np.int64), np.array(sorted(heldout), dtype=np.int64))
+    return Split(np.array(sorted(train), dtype=np.int64), np.array(sorted(heldout), dtype=np.int64), order)
 
 
 def to_joint(images: np.ndarray, masks: np.ndarray) -> torch.Tensor:
