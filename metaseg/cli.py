@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "adapt": "adapt",
     "evaluate": "evaluate",
     "synth": "synth",
+    "genseg": "genseg",
 }
 
 

@@ -386,6 +386,7 @@ def sample_figure(run: Run, path: Path, n: int = 6) -> None:
     if run.p2p is None:
         return
     masks = run.pool_masks[:n]
+    n = len(masks)
     images = run.p2p.sample_uint8(masks)
     nn_idx = nearest_real(images, run.train.images)
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
