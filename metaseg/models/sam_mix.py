@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metaseg.errors import MetasegError
-from metaseg.models.cam import PresenceHead, cam_boxes, cam_mask_logits, normalise_cam
+from metaseg.models.cam import COMPONENTS, PresenceHead, cam_boxes, cam_mask_logits
 
 PROMPTS = ("box+dense", "box", "dense", "whole")
 EMPTY_LOGIT = -20.0  # what an image the classifier calls "absent" gets everywhere
@@ -29,7 +29,8 @@ class SamMix(nn.Module):
     """(B, C, H, W) in [0, 1] -> (B, 1, H, W) mask logits, with `presence` and `cam` as side outputs."""
 
     def __init__(self, base: nn.Module, prompts: str = "box+dense", cam_threshold: float = 0.5,
-                 presence_threshold: float = 0.5, hidden: int = 32, cam_grad: bool = True):
+                 presence_threshold: float = 0.5, hidden: int = 32, cam_grad: bool = True,
+                 box_component: str = "largest", pooling: str = "lse"):
         super().__init__()
         if prompts not in PROMPTS:
             raise MetasegError(f"sam_mix: prompts must be one of {list(PROMPTS)}, got {prompts!r}")
@@ -37,9 +38,12 @@ class SamMix(nn.Module):
             raise MetasegError(f"sam_mix: cam_threshold must be between 0 and 1, got {cam_threshold}")
         if not 0.0 <= presence_threshold <= 1.0:
             raise MetasegError(f"sam_mix: presence_threshold must be between 0 and 1, got {presence_threshold}")
-        self.base, self.prompts = base, prompts
+        if box_component not in COMPONENTS:
+            raise MetasegError(f"sam_mix: box_component must be one of {list(COMPONENTS)}, got {box_component!r}")
+        self.base, self.prompts, self.box_component = base, prompts, box_component
+        self.fit_info: dict[str, float] = {}
         self.cam_threshold, self.presence_threshold, self.cam_grad = cam_threshold, presence_threshold, cam_grad
-        self.head = PresenceHead(base.mask_decoder.transformer_dim, hidden)
+        self.head = PresenceHead(base.mask_decoder.transformer_dim, hidden, pooling)
         if "dense" in prompts:
             base.prompt_encoder.mask_downscaling.requires_grad_(True)
 
@@ -53,7 +57,7 @@ class SamMix(nn.Module):
     def classify(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Presence logits (B,) and CAMs normalised to [0, 1] (B, g, g)."""
         logits, cam = self.head(embeddings)
-        return logits, normalise_cam(cam)
+        return logits, self.head.normalise(cam)
 
     def prompt_embeddings(self, cam01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sparse (B, 2, 256) and dense (B, 256, g, g) prompts from the CAM, and the boxes used."""
@@ -61,7 +65,7 @@ class SamMix(nn.Module):
         if self.prompts == "whole":
             boxes = torch.tensor([[0.0, 0.0, size - 1.0, size - 1.0]], device=cam01.device).expand(b, -1)
         else:
-            boxes = cam_boxes(cam01, self.cam_threshold, size)
+            boxes = cam_boxes(cam01, self.cam_threshold, size, self.box_component)
         cam_in = cam01 if self.cam_grad else cam01.detach()
         masks = cam_mask_logits(cam_in, self.cam_threshold, size) if "dense" in self.prompts else None
         encoder = self.base.prompt_encoder
@@ -94,7 +98,8 @@ class SamMix(nn.Module):
 
 def create_sam_mix(prompts: str = "box+dense", cam_threshold: float = 0.5, presence_threshold: float = 0.5,
                    lora_rank: int = 8, hidden: int = 32, cam_grad: bool = True, image_size: int = 128,
-                   embedding_cache: str | None = None, seed: int = 0) -> SamMix:
+                   embedding_cache: str | None = None, seed: int = 0, box_component: str = "largest",
+                   pooling: str = "lse") -> SamMix:
     """SAM-Mix on the packaged LiteMedSAM: frozen encoder (cacheable), LoRA rank `lora_rank` on the
     mask decoder, a fresh presence head (seeded); see the module docstring for the options."""
     from metaseg.models import create_model
@@ -105,4 +110,4 @@ def create_sam_mix(prompts: str = "box+dense", cam_threshold: float = 0.5, prese
                         decoder="lora", decoder_lora_rank=lora_rank, embedding_cache=embedding_cache, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SamMix(base, prompts, cam_threshold, presence_threshold, hidden, cam_grad)
+        return SamMix(base, prompts, cam_threshold, presence_threshold, hidden, cam_grad, box_component, pooling)

@@ -17,7 +17,8 @@ import torch
 
 from metaseg.errors import MetasegError
 from metaseg.losses import bce_dice_loss
-from metaseg.models.cam import focal_loss
+from metaseg.models.cam import (balanced_rows, cam_mask_loss, choose_cam_threshold, choose_presence_threshold,
+                                focal_loss)
 from metaseg.models.sam_mix import SamMix
 
 
@@ -34,6 +35,9 @@ class SamMixBudget:
     focal_alpha: float = 0.5
     multitask: bool = True
     classifier: bool = True
+    balance: bool = True  # classifier batches class-balanced (else drawn uniformly: collapses to the majority)
+    cam_mask_weight: float = 1.0  # CAM-vs-mask loss on the images with masks (0: labels alone shape the CAM)
+    auto_cam_threshold: bool = True  # pick cam_threshold by CAM-box IoU with the masks' boxes (training masks only)
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -74,11 +78,22 @@ def fit_sam_mix(
     budget: SamMixBudget | None = None,
     seed: int = 0,
     log: Callable[[dict[str, Any]], None] | None = None,
+    val_images: np.ndarray | torch.Tensor | None = None,
+    val_present: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
-    """Train `model` in place; returns one record per step (losses). See the module docstring."""
+    """Train `model` in place; returns one record per step (losses). See the module docstring.
+
+    Thresholds: with `budget.auto_cam_threshold` the CAM threshold is the one whose boxes best fit
+    the TRAINING masks' boxes (chosen when the segmenter starts, and again at the end); with
+    `val_images`/`val_present` (image-level labels of a validation split, never test) the presence
+    threshold is the one with the best balanced accuracy there. Both land on the model, and what
+    was chosen in `model.fit_info`."""
     budget = budget or SamMixBudget()
     masks = torch.as_tensor(np.asarray(masks)).float().reshape(len(masks), 1, *np.asarray(masks).shape[-2:])
     check_training_data(None if present is None else np.asarray(present), masks, budget.classifier)
+    if budget.classifier and budget.cam_mask_weight > 0 and model.head.pooling != "lse":
+        raise MetasegError("sam_mix: cam_mask_weight > 0 needs pooling='lse' (a mean-pooled CAM cannot match a mask "
+                           "without lowering the presence logit); set cam_mask_weight=0")
     gen = torch.Generator().manual_seed(seed)
     seg_emb = embed_all(model, mask_images)
     cls_emb = embed_all(model, label_images) if budget.classifier else None
@@ -90,18 +105,28 @@ def fit_sam_mix(
     if not budget.multitask and budget.classifier:
         total = cls_only + budget.steps
     history = []
+    info: dict[str, float] = {}
     model.train()
     for step in range(total):
+        if budget.classifier and budget.auto_cam_threshold and step == cls_only:
+            info["cam_threshold_start"], info["cam_box_iou_start"] = _pick_cam_threshold(model, seg_emb, masks)
         record: dict[str, float] = {"step": float(step)}
         loss = torch.zeros(())
         train_cls = budget.classifier and (step < cls_only or budget.multitask)
         train_seg = step >= cls_only or not budget.classifier
         if train_cls:
-            rows = torch.randint(len(cls_emb), (min(budget.batch_classifier, len(cls_emb)),), generator=gen)
+            k = min(budget.batch_classifier, len(cls_emb))
+            rows = balanced_rows(labels, k, gen) if budget.balance else torch.randint(len(cls_emb), (k,), generator=gen)
             logits, _ = model.classify(cls_emb[rows].float())
             cls_loss = focal_loss(logits, labels[rows], budget.focal_gamma, budget.focal_alpha)
             loss = loss + cls_loss
             record["focal"] = float(cls_loss.detach())
+            if budget.cam_mask_weight > 0:  # the few masks say where the evidence should be
+                rows = torch.randperm(len(seg_emb), generator=gen)[: budget.batch_segmenter]
+                _, raw_cam = model.head(seg_emb[rows].float())
+                loc_loss = cam_mask_loss(raw_cam, masks[rows, 0])
+                loss = loss + budget.cam_mask_weight * loc_loss
+                record["cam_mask"] = float(loc_loss.detach())
         if train_seg:
             rows = torch.randperm(len(seg_emb), generator=gen)[: budget.batch_segmenter]
             emb = seg_emb[rows].float()
@@ -126,7 +151,23 @@ def fit_sam_mix(
         if log is not None:
             log(record)
     model.eval()
+    if budget.classifier and budget.auto_cam_threshold:
+        info["cam_threshold"], info["cam_box_iou_train"] = _pick_cam_threshold(model, seg_emb, masks)
+    if budget.classifier and val_images is not None and val_present is not None:
+        with torch.no_grad():
+            prob = torch.sigmoid(torch.cat([model.classify(e.float())[0] for e in embed_all(model, val_images).split(64)]))
+        model.presence_threshold = choose_presence_threshold(prob.numpy(), np.asarray(val_present))
+        info["presence_threshold"] = model.presence_threshold
+    model.fit_info = info
     return history
+
+
+@torch.no_grad()
+def _pick_cam_threshold(model: SamMix, embeddings: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
+    """Set model.cam_threshold to the candidate whose CAM boxes best fit the masks' boxes."""
+    cam = torch.cat([model.classify(e.float())[1] for e in embeddings.split(64)])
+    model.cam_threshold, iou = choose_cam_threshold(cam, masks[:, 0].numpy(), model.image_size, component=model.box_component)
+    return model.cam_threshold, iou
 
 
 @torch.no_grad()
