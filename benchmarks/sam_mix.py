@@ -43,8 +43,11 @@ def _train_sam(method: str, data, rows: np.ndarray, args) -> dict[str, np.ndarra
                           classifier=method != "medsam_whole_box")
     pool = data.images["pool"]
     fit_sam_mix(model, pool if budget.classifier else None, data.present["pool"] if budget.classifier else None,
-                pool[rows], data.masks["pool"][rows], budget, seed=args.seed)
-    return predict_sam_mix(model, data.images["test"])
+                pool[rows], data.masks["pool"][rows], budget, seed=args.seed,
+                val_images=data.images["val"], val_present=data.present["val"])  # labels only: the presence threshold
+    out = predict_sam_mix(model, data.images["test"])
+    out["fit_info"] = dict(model.fit_info, presence_threshold=model.presence_threshold, cam_threshold=model.cam_threshold)
+    return out
 
 
 def _train_unet(data, rows: np.ndarray, args) -> dict[str, np.ndarray]:
@@ -101,8 +104,14 @@ def run_one(dataset: str, data, n: int, method: str, args) -> list[dict]:
                "n_pool_labels": len(data.ids["pool"]), "n_test": len(data.ids["test"]), "test_ids": data.ids["test"],
                **score(logits, data.masks["test"])}
         if "presence" in out and method != "medsam_whole_box":
+            from metaseg.models.cam import box_iou, mask_boxes
+
             truth = data.masks["test"].reshape(len(logits), -1).any(1)
-            rec["presence_accuracy"] = float(((out["presence"] > 0.5) == truth).mean())
+            call = out["presence"] >= out["fit_info"]["presence_threshold"]
+            rec["presence_accuracy"] = float((call == truth).mean())
+            rec["presence_balanced_accuracy"] = float((call[truth].mean() + (~call[~truth]).mean()) / 2)
+            rec["cam_box_iou"] = box_iou(out["boxes"][truth], mask_boxes(data.masks["test"][truth])).tolist()
+            rec["fit_info"] = out["fit_info"]
         records.append(rec)
     path.write_text(json.dumps(records))
     return records
@@ -116,8 +125,13 @@ def summary_row(rec: dict) -> dict:
     row.update(dice_mean=100 * dm, dice_ci95=100 * dci, n_present=len(rec["dice_present"]),
                dice_all=100 * am, dice_all_ci95=100 * aci, n_empty=len(fp),
                false_positive_rate=float(np.mean(fp)) if fp else float("nan"))
-    if "presence_accuracy" in rec:
-        row["presence_accuracy"] = rec["presence_accuracy"]
+    for key in ("presence_accuracy", "presence_balanced_accuracy"):
+        if key in rec:
+            row[key] = rec[key]
+    if "cam_box_iou" in rec:
+        row["cam_box_iou"] = float(np.mean(rec["cam_box_iou"]))
+    if "fit_info" in rec:
+        row.update({k: rec["fit_info"][k] for k in ("presence_threshold", "cam_threshold") if k in rec["fit_info"]})
     return row
 
 
