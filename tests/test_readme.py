@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # pages whose commands are checked: the README and the docs pages split out of it
 PAGES = ["README.md"] + [f"docs/{p}.md" for p in ("demo", "data", "episodes", "meta-training", "learners",
                                                   "adapt-evaluate", "sam-adapter", "benchmarks", "development", "synthetic",
-                                                  "architecture", "sam_mix")]
+                                                  "architecture", "sam_mix", "speed")]
 SHELL_LANGS = {"", "bash", "sh", "shell", "console"}
 QUICK = "<!-- quick -->"
 
