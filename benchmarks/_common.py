@@ -130,3 +130,12 @@ def add_episode_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--queries", type=int, default=5)
+
+
+def add_inner_loop_arguments(parser) -> None:
+    """--inner-steps/--inner-lr/--lam/--cg-steps, shared by peers.py and throughput.py so the
+    learners they time run the same inner loop."""
+    parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--inner-lr", type=float, default=0.1)
+    parser.add_argument("--lam", type=float, default=2.0)
+    parser.add_argument("--cg-steps", type=int, default=5)

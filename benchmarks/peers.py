@@ -202,10 +202,7 @@ def memory_of(args, index: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _common.add_episode_arguments(parser)
-    parser.add_argument("--inner-steps", type=int, default=5)
-    parser.add_argument("--inner-lr", type=float, default=0.1)
-    parser.add_argument("--lam", type=float, default=2.0)
-    parser.add_argument("--cg-steps", type=int, default=5)
+    _common.add_inner_loop_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: timings on a shared machine are far less noisy single-threaded)")

@@ -65,15 +65,6 @@ def build(options: dict[str, Any]):
     return create_learner(options.pop("name"), **options)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per key, calls interleaved round-robin (background load hits all alike)."""
     for fn in fns.values():
@@ -108,7 +99,7 @@ def section_peak(args) -> dict[str, Any]:
     for key, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         torch.mm(a, b)
-        seconds = median_seconds(lambda: torch.mm(a, b), 5)
+        seconds = _common.timed(lambda: torch.mm(a, b), "cpu", 5, warmup=0)
         out[key] = round(2 * n**3 / seconds / 1e9, 1)
     return out
 
@@ -219,7 +210,7 @@ def section_layout_compile(args, model, episode) -> dict[str, Any]:
                         t0 = time.perf_counter()
                         fn()  # warm-up (and, for compile, the compilation)
                         first = time.perf_counter() - t0
-                        seconds = median_seconds(fn, args.repeats)
+                        seconds = _common.timed(fn, "cpu", args.repeats, warmup=0)
                     out[label] = {"seconds": round(seconds, 4), "first_call_seconds": round(first, 2)}
                 except Exception as exc:  # a variant that does not run is a result too
                     out[label] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
@@ -329,10 +320,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _common.add_episode_arguments(p)
-    p.add_argument("--inner-steps", type=int, default=5)
-    p.add_argument("--inner-lr", type=float, default=0.1)
-    p.add_argument("--lam", type=float, default=2.0)
-    p.add_argument("--cg-steps", type=int, default=5)
+    _common.add_inner_loop_arguments(p)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vmap-repeats", type=int, default=1)
     p.add_argument("--tasks", type=int, nargs="+", default=[1, 4, 8])
