@@ -57,13 +57,20 @@ def fit_segmenter(name: str, images: np.ndarray, masks: np.ndarray, steps: int =
 
 
 @torch.no_grad()
-def mean_dice(model: nn.Module, images: np.ndarray, masks: np.ndarray, batch_size: int = 64) -> float:
-    """Mean per-image Dice (probability > 0.5; an empty prediction on an empty mask scores 1)."""
+def dice_per_image(model: nn.Module, images: np.ndarray, masks: np.ndarray, batch_size: int = 64,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """Per-image Dice (probability > 0.5; an empty prediction on an empty mask scores 1) of uint8
+    images (N, C, H, W) and masks (N, H, W), in batches on `device`; the scores come back on the CPU."""
     from metaseg.metrics import dice_iou_per_image
 
     scores = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).float().div(255.0)
-        y = torch.from_numpy(masks[i:i + batch_size]).float().unsqueeze(1)
-        scores.append(dice_iou_per_image(model(x), y)[0])
-    return float(torch.cat(scores).mean())
+        x = torch.from_numpy(images[i:i + batch_size]).float().div(255.0).to(device)
+        y = torch.from_numpy(masks[i:i + batch_size]).float().unsqueeze(1).to(device)
+        scores.append(dice_iou_per_image(model(x), y)[0].cpu())
+    return torch.cat(scores)
+
+
+def mean_dice(model: nn.Module, images: np.ndarray, masks: np.ndarray, batch_size: int = 64) -> float:
+    """Mean of `dice_per_image`."""
+    return float(dice_per_image(model, images, masks, batch_size).mean())

@@ -324,18 +324,12 @@ def fit(config: GenSegConfig, train: Pairs, val: Pairs, device: str | torch.devi
     return run
 
 
-@torch.no_grad()
 def dice_scores(model: nn.Module, pairs: Pairs, batch_size: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
-    """Per-image Dice (probability > 0.5)."""
-    from metaseg.metrics import dice_iou_per_image
+    """Per-image Dice (probability > 0.5) of the model in eval mode."""
+    from metaseg.generative.segmenters import dice_per_image
 
     model.eval()
-    out = []
-    for i in range(0, len(pairs.masks), batch_size):
-        x = torch.from_numpy(pairs.images[i:i + batch_size]).float().div(255.0).to(device)
-        y = torch.from_numpy(pairs.masks[i:i + batch_size]).float().unsqueeze(1).to(device)
-        out.append(dice_iou_per_image(model(x), y)[0].cpu())
-    return torch.cat(out).numpy()
+    return dice_per_image(model, pairs.images, pairs.masks, batch_size, device).numpy()
 
 
 # ------------------------------------------------------------------ data and outputs
