@@ -361,6 +361,24 @@ def check_vmappable(model: nn.Module) -> None:
                            "use model.norm 'group' (the default) or vmap_tasks false")
 
 
+def func_inner_loop(loss_fn: LossFn, params: Params, steps: int, lr: LearningRate, optimizer: str = "sgd",
+                    constant_direction: bool = False) -> tuple[Params, torch.Tensor]:
+    """`inner_loop`'s steps written with torch.func.grad_and_value instead of torch.autograd.grad,
+    so that they run under torch.func.vmap / grad (autograd.grad cannot). Returns (fast params,
+    loss before each step as a (steps,) tensor). constant_direction=True (FOMAML) detaches each
+    step's direction, so an outer derivative sees only params and lr, as second_order=False does
+    in `inner_step`."""
+    state, losses = new_state(optimizer), []
+    for _ in range(steps):
+        g, value = torch.func.grad_and_value(loss_fn)(params)
+        if constant_direction:
+            g = {n: t.detach() for n, t in g.items()}
+        direction, state = DIRECTIONS[optimizer](g, state)
+        params = apply_update(params, direction, lr)
+        losses.append(value)
+    return params, torch.stack(losses) if losses else next(iter(params.values())).new_zeros(0)
+
+
 def vmap_maml_grads(
     model: nn.Module, loss: Callable, theta: Params, lr: LearningRate, episodes: Sequence, steps: int,
     optimizer: str = "sgd", second_order: bool = True, scale: float = 1.0,
@@ -372,17 +390,10 @@ def vmap_maml_grads(
     learn_lr = isinstance(lr, dict)
 
     def task(theta: Params, lr: LearningRate, sx, sy, qx, qy):
-        support = loss_at(model, sx, sy, loss)
-        fast, state, losses = theta, new_state(optimizer), []
-        for _ in range(steps):
-            g, value = torch.func.grad_and_value(support)(fast)
-            if not second_order:  # FOMAML: the direction is a constant of the outer derivative
-                g = {n: t.detach() for n, t in g.items()}
-            direction, state = DIRECTIONS[optimizer](g, state)
-            fast = apply_update(fast, direction, lr)
-            losses.append(value)
+        fast, losses = func_inner_loop(loss_at(model, sx, sy, loss), theta, steps, lr, optimizer,
+                                       constant_direction=not second_order)
         q = loss(full_precision(forward(model, fast, qx)), qy)
-        return q, (q.detach(), torch.stack(losses).detach() if losses else q.new_zeros(0))
+        return q, (q.detach(), losses.detach())
 
     def total(theta: Params, lr: LearningRate):
         q, aux = torch.func.vmap(task, in_dims=(None, None, 0, 0, 0, 0))(theta, lr, sx, sy, qx, qy)
@@ -402,13 +413,7 @@ def vmap_inner_solve(model: nn.Module, objective: Callable[[Params, Params, torc
     weights (T-batched) and the objective before each step (T, steps). `objective(params, anchor, x, y)`."""
 
     def task(theta: Params, sx, sy):
-        fast, state, losses = theta, new_state(optimizer), []
-        for _ in range(steps):
-            g, value = torch.func.grad_and_value(lambda p: objective(p, theta, sx, sy))(fast)
-            direction, state = DIRECTIONS[optimizer](g, state)
-            fast = apply_update(fast, direction, lr)
-            losses.append(value)
-        return fast, torch.stack(losses) if losses else sx.new_zeros(0)
+        return func_inner_loop(lambda p: objective(p, theta, sx, sy), theta, steps, lr, optimizer)
 
     with torch.no_grad():
         return torch.func.vmap(task, in_dims=(None, 0, 0))(detached(theta), sx, sy)
