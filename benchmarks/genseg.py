@@ -1,17 +1,27 @@
 """GenSeg benchmark: real_only, real_aug, separate, genseg on ultra-low-data splits (issue 13).
 
     python -m benchmarks.genseg run    [--seeds 0 1 2] [--steps 150] [--size 64] [--test-cap 100]
-    python -m benchmarks.genseg report                      # results/genseg.{json,md} + figures
+                                       [--n-real 8 40 100 all] [--segmenter segformer] [--rows FILE]
+    python -m benchmarks.genseg report [--rows FILE ...]    # results/genseg.{json,md} + figures
+
+The report pairs genseg with real_only and separate by seed and, where rows keep
+`dice_per_image`, per test image; it tabulates the data-efficiency curve and interpolates the
+real pairs each method needs for the same Dice.
 
 `run` appends one JSON row per finished (method, dataset, seed) to results/genseg_rows.jsonl and
 skips rows already there, so a killed run resumes where it stopped. Order: seed-major, so the
 first seed covers every dataset and method before the second starts.
 
 Splits are by content hash (seed 0 for every training seed; the training seed changes the
-initialisation, the minibatches and the augmentations): the first n_train pairs train, the next
-n_val are the validation split (GenSeg's level 3; the baselines do not use it), the in-domain
-test set is the next `--test-cap` pairs of the rest. Out-of-domain: the same model on
-CVC-ClinicDB (Kvasir-SEG) and Montgomery (Shenzhen), capped the same way.
+initialisation, the minibatches and the augmentations). The in-domain test set is fixed per
+dataset: the `--test-cap` pairs after the protocol's n_real (40; CXR 9) in hash order. The
+real pairs are the rest in hash order (the protocol's first n_real, then the pairs after the
+test set), so `--n-real 8 40 100 all` (the data-efficiency curve) gives nested training sets
+scored on the same test images; "all" is every remaining pair, capped at `--all-cap`. n_real
+splits into n_train (train) and n_val = round(n_real / 5) (GenSeg's level-3 validation split;
+the baselines do not use it). Out-of-domain: the same model on CVC-ClinicDB (Kvasir-SEG) and
+Montgomery (Shenzhen), capped the same way. Rows keep each test image's Dice (`dice_per_image`,
+in test-set order), so the report can pair methods per image.
 """
 from __future__ import annotations
 
@@ -29,7 +39,15 @@ ROWS = RESULTS / "genseg_rows.jsonl"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 METHODS = ("real_only", "real_aug", "separate", "genseg")
 DATASETS = ("isic2017", "kvasir", "busi", "cxr")
-N_SPLIT = {"isic2017": (32, 8), "kvasir": (32, 8), "busi": (32, 8), "cxr": (7, 2)}
+N_REAL = {"isic2017": 40, "kvasir": 40, "busi": 40, "cxr": 9}  # the issue's protocol
+
+
+def split_sizes(n_real: int) -> tuple[int, int]:
+    """(n_train, n_val) of n_real real pairs: a fifth (rounded) validates, as 32 + 8 and 7 + 2."""
+    if n_real < 2:
+        raise SystemExit(f"--n-real: need at least 2 real pairs (train + validation), got {n_real}")
+    n_val = max(1, round(n_real / 5))
+    return n_real - n_val, n_val
 
 
 def _concat(tasks):
@@ -39,8 +57,9 @@ def _concat(tasks):
                  sum((list(t.ids) for t in tasks), []))
 
 
-def load(name: str, size: int, n_train: int, n_val: int, cap: int, data: Path) -> dict:
-    """train, val, test (in-domain) and, where there is one, ood (out-of-domain) Pairs."""
+def load(name: str, size: int, cap: int, data: Path) -> dict:
+    """The dataset's test (in-domain) Pairs, its real-pair `pool` (Pairs in the order training
+    takes them) and, where there is one, ood (out-of-domain) Pairs."""
     from metaseg.data.cache import load_task
     from metaseg.data.types import TaskArrays
     from metaseg.jobs.genseg import ordered_rows, take
@@ -71,22 +90,46 @@ def load(name: str, size: int, n_train: int, n_val: int, cap: int, data: Path) -
     else:
         raise SystemExit(f"unknown dataset {name}")
     order = ordered_rows(t.hashes, 0)
-    out = {"train": take(t, order[:n_train]), "val": take(t, order[n_train:n_train + n_val]),
-           "test": take(t, order[n_train + n_val:n_train + n_val + cap])}
+    first = N_REAL[name]
+    out = {"test": take(t, order[first:first + cap]), "pool": take(t, order[:first] + order[first + cap:])}
     if ood is not None:
         out["ood"] = ood
     return out
 
 
-def done_keys() -> set[tuple]:
-    if not ROWS.is_file():
+def done_keys(path: Path = ROWS) -> set[tuple]:
+    if not path.is_file():
         return set()
     keys = set()
-    for line in ROWS.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             keys.add((r["method"], r["dataset"], r["seed"], r["segmenter"], r["n_real"]))
     return keys
+
+
+def resolve_n_real(value: str, name: str, pool: int, all_cap: int) -> int:
+    """An --n-real entry: a number of real pairs, "default" (the protocol's) or "all" (capped)."""
+    if value == "default":
+        return N_REAL[name]
+    if value == "all":
+        return min(pool, all_cap)
+    try:
+        n = int(value)
+    except ValueError:
+        raise SystemExit(f"--n-real: expected a number, 'default' or 'all', got {value!r}") from None
+    if n > pool:
+        raise SystemExit(f"--n-real: {name} has {pool} real pairs outside its test set, asked for {n}")
+    return n
+
+
+def real_split(pool, n_real: int):
+    """(train, val) Pairs: the pool's first n_train pairs and the n_val after them."""
+    from metaseg.jobs.genseg import Pairs
+
+    n_train, n_val = split_sizes(n_real)
+    part = lambda a, b: Pairs(pool.images[a:b], pool.masks[a:b], list(pool.ids[a:b]))  # noqa: E731
+    return part(0, n_train), part(n_train, n_train + n_val)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -97,82 +140,287 @@ def run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    rows_path = Path(args.rows)
     cache: dict[str, dict] = {}
     for seed in args.seeds:
         for name in args.datasets:
-            n_train, n_val = N_SPLIT[name]
-            for method in args.methods:
-                key = (method, name, seed, args.segmenter, n_train + n_val)
-                if key in done_keys():
-                    continue
-                if name not in cache:
-                    cache[name] = load(name, args.size, n_train, n_val, args.test_cap, Path(args.data))
-                d = cache[name]
-                cfg = GenSegConfig(method=method, segmenter=args.segmenter, size=args.size, steps=args.steps,
-                                   gan_steps=args.gan_steps, batch_size=args.batch_size, hyper_every=args.hyper_every,
-                                   hypergradient=args.hypergradient, seed=seed)
-                started = time.time()
-                r = fit(cfg, d["train"], d["val"])
-                seconds = time.time() - started
-                rows = []
-                for domain, split in (("in", "test"), ("out", "ood")):
-                    if split not in d:
+            if name not in cache:
+                cache[name] = load(name, args.size, args.test_cap, Path(args.data))
+            d = cache[name]
+            for n_real in [resolve_n_real(v, name, len(d["pool"].images), args.all_cap) for v in args.n_real]:
+                n_train, n_val = split_sizes(n_real)
+                train, val = real_split(d["pool"], n_real)
+                for method in args.methods:
+                    key = (method, name, seed, args.segmenter, n_real)
+                    if key in done_keys(rows_path):
                         continue
-                    scores = dice_scores(r.seg, d[split])
-                    mean, ci = mean_ci95(scores.tolist())
-                    rows.append({"method": method, "dataset": name, "domain": domain, "n_real": n_train + n_val,
-                                 "n_train": n_train, "n_val": n_val, "segmenter": args.segmenter, "seed": seed,
-                                 "dice_mean": mean, "dice_ci95": ci, "n_test": int(len(scores)),
-                                 "train_seconds": round(seconds, 1), "config": asdict(cfg)})
-                if method == "genseg" and seed == args.seeds[0]:
-                    sample_figure(r, RESULTS / f"genseg_samples_{name}.png")
-                with ROWS.open("a") as f:
-                    for row in rows:
-                        f.write(json.dumps(row) + "\n")
-                print(f"{name} {method} seed {seed}: " + ", ".join(f"{x['domain']} {x['dice_mean']:.3f}" for x in rows)
-                      + f" ({seconds:.0f} s)", flush=True)
+                    cfg = GenSegConfig(method=method, segmenter=args.segmenter, size=args.size, steps=args.steps,
+                                       gan_steps=args.gan_steps, batch_size=args.batch_size, hyper_every=args.hyper_every,
+                                       hypergradient=args.hypergradient, gen_weight=args.gen_weight, seed=seed)
+                    started = time.time()
+                    r = fit(cfg, train, val)
+                    seconds = time.time() - started
+                    rows = []
+                    for domain, split in (("in", "test"), ("out", "ood")):
+                        if split not in d:
+                            continue
+                        scores = dice_scores(r.seg, d[split])
+                        mean, ci = mean_ci95(scores.tolist())
+                        rows.append({"method": method, "dataset": name, "domain": domain, "n_real": n_real,
+                                     "n_train": n_train, "n_val": n_val, "segmenter": args.segmenter, "seed": seed,
+                                     "dice_mean": mean, "dice_ci95": ci, "n_test": int(len(scores)),
+                                     "train_seconds": round(seconds, 1), "config": asdict(cfg),
+                                     "dice_per_image": [round(float(x), 5) for x in scores]})
+                    if (method == "genseg" and seed == args.seeds[0] and n_real == N_REAL[name]
+                            and args.segmenter == "unet" and rows_path == ROWS):
+                        sample_figure(r, RESULTS / f"genseg_samples_{name}.png")
+                    with rows_path.open("a") as f:
+                        for row in rows:
+                            f.write(json.dumps(row) + "\n")
+                    print(f"{name} n_real {n_real} {method} seed {seed}: "
+                          + ", ".join(f"{x['domain']} {x['dice_mean']:.3f}" for x in rows) + f" ({seconds:.0f} s)", flush=True)
+
+
+JSON_FIELDS = ("method", "dataset", "domain", "n_real", "segmenter", "seed", "dice_mean", "dice_ci95")  # issue 13
+CURVE_ROWS = RESULTS / "genseg_curve_rows.jsonl"
+SEGFORMER_ROWS = RESULTS / "genseg_segformer_rows.jsonl"
+RUN_COMMANDS = {  # how each rows file was made (with OMP_NUM_THREADS=1 nice -n 10)
+    ROWS.name: "python -m benchmarks.genseg run",
+    CURVE_ROWS.name: "python -m benchmarks.genseg run --seeds 0 --datasets isic2017 busi --methods real_only genseg "
+                     "--n-real 8 100 all --rows benchmarks/results/genseg_curve_rows.jsonl",
+    SEGFORMER_ROWS.name: "python -m benchmarks.genseg run --seeds 0 --segmenter segformer --methods real_only genseg "
+                         "--rows benchmarks/results/genseg_segformer_rows.jsonl",
+}
+TARGETS = {"real_only": 10.0, "separate": 3.0}  # genseg must beat each by this many Dice points, in-domain
+
+
+def read_rows(paths) -> list[dict]:
+    rows = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise SystemExit(f"--rows: no such file {path}")
+        rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return rows
+
+
+def seed_paired(a: list[dict], b: list[dict]) -> tuple[float, float, int]:
+    """Mean and 95% CI (points) of dice_mean(a) - dice_mean(b) over the seeds both ran."""
+    from metaseg.metrics import mean_ci95
+
+    by_b = {r["seed"]: r["dice_mean"] for r in b}
+    diffs = [100 * (r["dice_mean"] - by_b[r["seed"]]) for r in a if r["seed"] in by_b]
+    if not diffs:
+        return float("nan"), float("nan"), 0
+    return (*mean_ci95(diffs), len(diffs))
+
+
+def image_paired(a: list[dict], b: list[dict]) -> tuple[float, float, int] | None:
+    """Mean and 95% CI (points) over test images of (seed-averaged Dice(a) - Dice(b)) per image,
+    over the seeds both ran; None unless every such row kept its per-image scores."""
+    from metaseg.metrics import mean_ci95
+
+    by_b = {r["seed"]: r for r in b}
+    pairs = [(r, by_b[r["seed"]]) for r in a if r["seed"] in by_b]
+    if not pairs or any("dice_per_image" not in x or "dice_per_image" not in y for x, y in pairs):
+        return None
+    diffs = np.mean([np.subtract(x["dice_per_image"], y["dice_per_image"]) for x, y in pairs], axis=0) * 100
+    return (*mean_ci95(diffs.tolist()), int(len(diffs)))
+
+
+def n_for_dice(ns: list[int], dice: list[float], target: float) -> tuple[str, float]:
+    """Real pairs a curve needs to reach `target` Dice: interpolated linearly in log n on the
+    curve's running maximum. ("=", n), ("<=", smallest n) if its first point already reaches it,
+    (">", largest n) if it never does."""
+    order = np.argsort(ns)
+    n_sorted = np.asarray(ns, dtype=float)[order]
+    xs, env = np.log(n_sorted), np.maximum.accumulate(np.asarray(dice, dtype=float)[order])
+    if target <= env[0]:
+        return ("=" if target == env[0] else "<="), float(n_sorted[0])
+    if target > env[-1]:
+        return ">", float(n_sorted[-1])
+    i = int(np.argmax(env >= target))
+    if env[i] == target:
+        return "=", float(n_sorted[i])
+    t = (target - env[i - 1]) / (env[i] - env[i - 1])
+    return "=", float(np.exp(xs[i - 1] + t * (xs[i] - xs[i - 1])))
+
+
+def _needs(relation: str, n: float) -> str:
+    return f"{n:.0f}" if relation == "=" else f"{relation} {n:.0f}"
+
+
+def data_ratios(curves: dict[str, dict[int, float]]) -> list[dict]:
+    """At every Dice level either method reached on the curve, the real pairs each needs and
+    real_only's / genseg's ratio (a bound where one of them is outside its measured range)."""
+    out = []
+    ro, gs = curves["real_only"], curves["genseg"]
+    for source, curve in (("real_only", ro), ("genseg", gs)):
+        for n, d in sorted(curve.items()):
+            need = {m: n_for_dice(list(c), list(c.values()), d) for m, c in (("real_only", ro), ("genseg", gs))}
+            (rel_r, n_r), (rel_g, n_g) = need["real_only"], need["genseg"]
+            if rel_r == "=" and rel_g == "=":
+                ratio = f"{n_r / n_g:.2f}"
+            elif rel_g in ("=", "<=") and rel_r == ">":
+                ratio = f"> {n_r / n_g:.2f}"
+            elif rel_r in ("=", "<=") and rel_g == ">":
+                ratio = f"< {n_r / n_g:.2f}"
+            elif rel_g == "<=" and rel_r == "=":
+                ratio = f">= {n_r / n_g:.2f}"
+            elif rel_r == "<=" and rel_g == "=":
+                ratio = f"<= {n_r / n_g:.2f}"
+            else:
+                ratio = "n/a"
+            out.append({"dice": round(100 * d, 2), "from": f"{source} at n_real {n}",
+                        "n_real_only": _needs(rel_r, n_r), "n_genseg": _needs(rel_g, n_g), "ratio_real_only_to_genseg": ratio})
+    return out
+
+
+def _cell(values: list[float]) -> str:
+    from metaseg.metrics import mean_ci95
+
+    if not values:
+        return "–"
+    mu, ci = mean_ci95(values)
+    return f"{mu:.1f} ± {ci:.1f} ({len(values)})"
+
+
+def _pm(t) -> str:
+    return "–" if t is None or t[2] == 0 else f"{t[0]:+.1f} ± {t[1]:.1f} ({t[2]})"
 
 
 def report(args: argparse.Namespace) -> None:
-    from metaseg.metrics import mean_ci95
-
-    rows = [json.loads(x) for x in ROWS.read_text().splitlines() if x.strip()]
-    (RESULTS / "genseg.json").write_text(json.dumps({
-        "protocol": args.protocol, "command": "python -m benchmarks.genseg run && python -m benchmarks.genseg report",
-        "rows": [{k: v for k, v in r.items() if k != "config"} | {"steps": r["config"]["steps"], "size": r["config"]["size"]}
-                 for r in rows]}, indent=1) + "\n")
-    groups: dict[tuple, list[dict]] = {}
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(x) for x in args.rows] if args.rows else [p for p in (ROWS, CURVE_ROWS, SEGFORMER_ROWS) if p.is_file()]
+    rows = read_rows(paths)
+    groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["domain"], r["segmenter"], r["n_real"]), []).append(r)
+        groups.setdefault((r["dataset"], r["domain"], r["segmenter"], r["n_real"]), {}).setdefault(r["method"], []).append(r)
+    protocol = {k: v for k, v in groups.items() if k[3] == N_REAL.get(k[0])}
+    runs = {p.name: RUN_COMMANDS.get(p.name, "python -m benchmarks.genseg run --rows " + str(p)) for p in paths}
+    command = ("python -m benchmarks.genseg report " + (" ".join(["--rows", *map(str, args.rows)]) + " " if args.rows else "")
+               + f"--protocol {json.dumps(args.protocol)}")
     lines = ["# GenSeg benchmark (generated by `python -m benchmarks.genseg report`)", "", args.protocol, "",
-             "Dice (x100) mean over seeds of each run's mean test Dice; ± = 95% t-interval over seeds (n seeds in brackets).", "",
-             "| dataset | domain | n_real | segmenter | " + " | ".join(METHODS) + " | genseg - real_only | genseg - separate |",
-             "|---|---|---|---|" + "---|" * (len(METHODS) + 2)]
-    for (ds, dom, seg, n), rs in sorted(groups.items()):
-        means = {}
-        cells = []
-        for m in METHODS:
-            vals = [r["dice_mean"] * 100 for r in rs if r["method"] == m]
-            if vals:
-                mu, ci = mean_ci95(vals)
-                means[m] = mu
-                cells.append(f"{mu:.1f} ± {ci:.1f} ({len(vals)})")
-            else:
-                cells.append("–")
-        gap = lambda a, b: f"{means[a] - means[b]:+.1f}" if a in means and b in means else "–"  # noqa: E731
-        lines.append(f"| {ds} | {dom} | {n} | {seg} | " + " | ".join(cells) + f" | {gap('genseg', 'real_only')} | {gap('genseg', 'separate')} |")
-    secs: dict[str, list[float]] = {}
+             "Rows from (one thread, `OMP_NUM_THREADS=1 nice -n 10`):", ""] + [f"- `{f}`: `{c}`" for f, c in runs.items()] + [
+             "", f"Report: `{command}`.", "",
+             "## Protocol splits (n_real 40; CXR 9)", "",
+             "Dice (x100): mean over seeds of each run's mean test Dice; ± = 95% t-interval over seeds "
+             "(n seeds in brackets). `out` = the same models on CVC-ClinicDB (Kvasir-SEG) / Montgomery (Shenzhen).", "",
+             "| dataset | domain | n_real | segmenter | " + " | ".join(METHODS) + " |", "|---|---|---|---|" + "---|" * len(METHODS)]
+    for (ds, dom, seg, n), by in sorted(protocol.items()):
+        lines.append(f"| {ds} | {dom} | {n} | {seg} | " + " | ".join(_cell([100 * r["dice_mean"] for r in by.get(m, [])]) for m in METHODS) + " |")
+    paired = []
+    lines += ["", "## Paired differences (Dice points)", "",
+              "Seed-paired: mean ± 95% t-interval over seeds of the per-seed difference of mean test Dice (n seeds). "
+              "Image-paired: mean ± 95% t-interval over the test images of the per-image difference (averaged over "
+              "the seeds both ran; n images); only where the rows kept per-image scores (`dice_per_image`), which "
+              "the protocol rows (run before that field existed) did not, so for them the seed-paired difference is "
+              "what there is.", "",
+              "| dataset | domain | n_real | segmenter | genseg − real_only (seeds) | genseg − separate (seeds) "
+              "| genseg − real_only (images) | genseg − separate (images) |", "|---|---|---|---|---|---|---|---|"]
+    for (ds, dom, seg, n), by in sorted(groups.items()):
+        if "genseg" not in by:
+            continue
+        cells, cells_img = [], []
+        for base in ("real_only", "separate"):
+            sp = seed_paired(by["genseg"], by.get(base, []))
+            ip = image_paired(by["genseg"], by[base]) if base in by else None
+            cells.append(_pm(sp))
+            cells_img.append(_pm(ip))
+            if sp[2]:
+                paired.append({"dataset": ds, "domain": dom, "n_real": n, "segmenter": seg, "minus": base,
+                               "seed_paired": {"mean": sp[0], "ci95": sp[1], "n_seeds": sp[2]},
+                               "image_paired": None if ip is None else {"mean": ip[0], "ci95": ip[1], "n_images": ip[2]}})
+        if any(c != "–" for c in cells):
+            lines.append(f"| {ds} | {dom} | {n} | {seg} | " + " | ".join(cells + cells_img) + " |")
+    lines += ["", "## Targets (in-domain, protocol splits, genseg ≥ real_only + 10 and ≥ separate + 3 on ≥ 3 of 4 datasets)", ""]
+    met: dict[str, int] = {}
+    for (ds, dom, seg, n), by in sorted(protocol.items()):
+        if dom != "in" or "genseg" not in by:
+            continue
+        for base, need in TARGETS.items():
+            gap = seed_paired(by["genseg"], by.get(base, []))
+            if gap[2]:
+                ok = gap[0] >= need
+                met[f"{seg} {base}"] = met.get(f"{seg} {base}", 0) + ok
+                lines.append(f"- {seg} {ds}: genseg − {base} = {gap[0]:+.1f} (target +{need:.0f}): "
+                             + ("met" if ok else f"missed by {need - gap[0]:.1f} points"))
+    lines += [f"- {k}: target met on {v} dataset(s)" for k, v in sorted(met.items())]
+    curve_data = _curve_section(rows, lines)
+    if curve_data:
+        _curve_figure(curve_data, out_dir)
+    secs: dict[tuple, list[float]] = {}
     for r in rows:
         if r["domain"] == "in":
-            secs.setdefault(r["method"], []).append(r["train_seconds"])
-    lines += ["", "Training wall time per run (s, mean over runs, one thread, shared 2-core CPU, nice 10): "
-              + ", ".join(f"{m} {np.mean(v):.0f}" for m, v in secs.items()), ""]
-    (RESULTS / "genseg.md").write_text("\n".join(lines) + "\n")
+            secs.setdefault((r["segmenter"], r["method"], r["n_real"] == N_REAL.get(r["dataset"])), []).append(r["train_seconds"])
+    wall = [{"segmenter": s, "method": m, "splits": "protocol" if p else "curve", "seconds_mean": float(np.mean(v)), "runs": len(v)}
+            for (s, m, p), v in sorted(secs.items())]
+    lines += ["", "## CPU wall time", "", "Training seconds per run (mean over runs; one thread, shared 2-core CPU, nice 10; "
+              "the curve's runs have the same step budget, so their time does not grow with n_real):", "",
+              "| segmenter | method | splits | seconds | runs |", "|---|---|---|---|---|"]
+    lines += [f"| {w['segmenter']} | {w['method']} | {w['splits']} | {w['seconds_mean']:.0f} | {w['runs']} |" for w in wall]
+    (out_dir / "genseg.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "genseg.json").write_text(json.dumps({
+        "protocol": args.protocol, "command": command, "run_commands": runs,
+        "config": {k: rows[0]["config"][k] for k in ("size", "steps", "gan_steps", "batch_size", "hyper_every", "hypergradient")} if rows else {},
+        "rows": [{k: r[k] for k in JSON_FIELDS} for r in rows],
+        "paired": paired, "curve_ratios": curve_data, "wall_seconds": wall}, indent=1) + "\n")
     print("\n".join(lines))
-    _figure(rows)
+    _figure([r for r in rows if r["n_real"] == N_REAL.get(r["dataset"]) and r["segmenter"] == "unet"], out_dir)
 
 
-def _figure(rows: list[dict]) -> None:
+def _curve_section(rows: list[dict], lines: list[str]) -> dict:
+    """Dice vs n_real (seed 0, U-Net, in-domain) for real_only and genseg, the ratio table, the figure."""
+    curve: dict[str, dict[str, dict[int, float]]] = {}
+    for r in rows:
+        if r["domain"] == "in" and r["segmenter"] == "unet" and r["seed"] == 0 and r["method"] in ("real_only", "genseg"):
+            curve.setdefault(r["dataset"], {}).setdefault(r["method"], {})[r["n_real"]] = r["dice_mean"]
+    curve = {ds: c for ds, c in curve.items() if len(c) == 2 and min(len(v) for v in c.values()) >= 2}
+    if not curve:
+        return {}
+    out = {}
+    lines += ["", "## Data-efficiency curve (U-Net, seed 0, in-domain, the same test images at every n_real)", "",
+              "| dataset | n_real | real_only | genseg |", "|---|---|---|---|"]
+    for ds, c in sorted(curve.items()):
+        for n in sorted(set(c["real_only"]) | set(c["genseg"])):
+            f = lambda m: f"{100 * c[m][n]:.1f}" if n in c[m] else "–"  # noqa: E731
+            lines.append(f"| {ds} | {n} | {f('real_only')} | {f('genseg')} |")
+    lines += ["", "Real pairs each method needs for the same Dice (linear in log n_real on each curve's running "
+              "maximum; `<=`/`>` where the level is below the first / above the last measured point). "
+              "ratio = real_only's n / genseg's n (GenSeg's claim: 8–20).", "",
+              "| dataset | Dice | level from | real_only needs | genseg needs | ratio |", "|---|---|---|---|---|---|"]
+    for ds, c in sorted(curve.items()):
+        out[ds] = {"curve": {m: {str(n): v for n, v in sorted(c[m].items())} for m in c}, "ratios": data_ratios(c)}
+        lines += [f"| {ds} | {x['dice']:.1f} | {x['from']} | {x['n_real_only']} | {x['n_genseg']} | {x['ratio_real_only_to_genseg']} |"
+                  for x in out[ds]["ratios"]]
+    lines += ["", "Figure: `genseg_curve.png`."]
+    return out
+
+
+def _curve_figure(curve: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curve), figsize=(3.6 * len(curve), 3.0), squeeze=False)
+    for ax, (ds, c) in zip(axes[0], sorted(curve.items())):
+        for m, style in (("real_only", "o--"), ("genseg", "s-")):
+            ns = sorted(int(n) for n in c["curve"][m])
+            ax.plot(ns, [100 * c["curve"][m][str(n)] for n in ns], style, label=m)
+        ax.set_xscale("log")
+        ax.set_title(ds)
+        ax.set_xlabel("real pairs (n_real)")
+        ax.set_ylabel("test Dice (x100)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "genseg_curve.png", dpi=90)
+    plt.close(fig)
+
+
+def _figure(rows: list[dict], out_dir: Path) -> None:
+    """Bars of in-domain Dice per dataset and method (the protocol rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,9 +439,8 @@ def _figure(rows: list[dict]) -> None:
     ax.set_ylabel("test Dice (in-domain)")
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    fig.savefig(RESULTS / "genseg_dice.png", dpi=90)
+    fig.savefig(out_dir / "genseg_dice.png", dpi=90)
     plt.close(fig)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,10 +457,18 @@ def main() -> None:
     r.add_argument("--hyper-every", type=int, default=5)
     r.add_argument("--hypergradient", default="unrolled_fd")
     r.add_argument("--test-cap", type=int, default=100)
+    r.add_argument("--n-real", nargs="+", default=["default"],
+                   help="real pairs per run (train + validation): numbers, 'default' (the protocol's: 40, CXR 9) or 'all'")
+    r.add_argument("--all-cap", type=int, default=400, help="'all' means min(pairs outside the test set, this)")
+    r.add_argument("--gen-weight", type=float, default=1.0, help="lambda of L_seg on generated pairs")
+    r.add_argument("--rows", default=str(ROWS), help="the JSONL file rows are appended to (and resumed from)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--data", default=str(DATA))
     q = sub.add_parser("report")
     q.add_argument("--protocol", default="")
+    q.add_argument("--rows", nargs="+", help="JSONL row files (default: results/genseg_rows.jsonl and, where they "
+                   "exist, genseg_curve_rows.jsonl and genseg_segformer_rows.jsonl)")
+    q.add_argument("--out", default=str(RESULTS), help="folder for genseg.{json,md} and the figures")
     args = p.parse_args()
     run(args) if args.cmd == "run" else report(args)
 
