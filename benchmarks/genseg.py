@@ -132,13 +132,37 @@ def real_split(pool, n_real: int):
     return part(0, n_train), part(n_train, n_train + n_val)
 
 
+RUN_INDEPENDENT = ("method", "seed", "segmenter")  # what may differ between the rows of one file
+
+
+def check_config(path: Path, config: dict) -> None:
+    """One configuration per rows file (the report groups rows by dataset, segmenter and n_real
+    only): a row of another size, budget or weighting is refused, naming the file."""
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        theirs = json.loads(line)["config"]
+        diff = sorted(k for k in set(theirs) | set(config) if k not in RUN_INDEPENDENT and theirs.get(k) != config.get(k))
+        if diff:
+            raise SystemExit(f"--rows {path}: holds rows of another configuration ({', '.join(diff)} differ); "
+                             "write these to another --rows file")
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from metaseg.errors import MetasegError
     from metaseg.jobs.genseg import GenSegConfig, dice_scores, fit, sample_figure
+    from metaseg.jobs.methods import resolve_device
     from metaseg.metrics import mean_ci95
 
     torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except MetasegError as e:
+        raise SystemExit(str(e)) from None
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows_path = Path(args.rows)
     cache: dict[str, dict] = {}
@@ -156,20 +180,22 @@ def run(args: argparse.Namespace) -> None:
                         continue
                     cfg = GenSegConfig(method=method, segmenter=args.segmenter, size=args.size, steps=args.steps,
                                        gan_steps=args.gan_steps, batch_size=args.batch_size, hyper_every=args.hyper_every,
-                                       hypergradient=args.hypergradient, gen_weight=args.gen_weight, seed=seed)
+                                       hypergradient=args.hypergradient, gen_weight=args.gen_weight,
+                                       gen_width=args.gen_width, disc_width=args.disc_width, seed=seed)
+                    check_config(rows_path, asdict(cfg))
                     started = time.time()
-                    r = fit(cfg, train, val)
+                    r = fit(cfg, train, val, device)
                     seconds = time.time() - started
                     rows = []
                     for domain, split in (("in", "test"), ("out", "ood")):
                         if split not in d:
                             continue
-                        scores = dice_scores(r.seg, d[split])
+                        scores = dice_scores(r.seg, d[split], device=device)
                         mean, ci = mean_ci95(scores.tolist())
                         rows.append({"method": method, "dataset": name, "domain": domain, "n_real": n_real,
                                      "n_train": n_train, "n_val": n_val, "segmenter": args.segmenter, "seed": seed,
                                      "dice_mean": mean, "dice_ci95": ci, "n_test": int(len(scores)),
-                                     "train_seconds": round(seconds, 1), "config": asdict(cfg),
+                                     "train_seconds": round(seconds, 1), "device": device.type, "config": asdict(cfg),
                                      "dice_per_image": [round(float(x), 5) for x in scores]})
                     if (method == "genseg" and seed == args.seeds[0] and n_real == N_REAL[name]
                             and args.segmenter == "unet" and rows_path == ROWS):
@@ -461,6 +487,9 @@ def main() -> None:
                    help="real pairs per run (train + validation): numbers, 'default' (the protocol's: 40, CXR 9) or 'all'")
     r.add_argument("--all-cap", type=int, default=400, help="'all' means min(pairs outside the test set, this)")
     r.add_argument("--gen-weight", type=float, default=1.0, help="lambda of L_seg on generated pairs")
+    r.add_argument("--gen-width", type=int, default=16, help="Pix2Pix generator width (64 in the paper)")
+    r.add_argument("--disc-width", type=int, default=16, help="PatchGAN width (64 in the paper)")
+    r.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     r.add_argument("--rows", default=str(ROWS), help="the JSONL file rows are appended to (and resumed from)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--data", default=str(DATA))

@@ -40,6 +40,15 @@ def test_run_keys_rows_by_n_real_resumes_and_keeps_per_image_scores(monkeypatch,
     bench.main()  # resumes: every (method, dataset, seed, segmenter, n_real) is already there
     assert len(rows.read_text().splitlines()) == 2
     assert bench.done_keys(rows) == {("real_only", "busi", 0, "unet", 8), ("real_only", "busi", 0, "unet", 10)}
+    assert got[0]["device"] == "cpu"
+    monkeypatch.setattr(sys, "argv", [*argv[:argv.index("--n-real")], "--n-real", "9", *argv[argv.index("--all-cap"):],
+                                      "--gen-weight", "3"])
+    with pytest.raises(SystemExit, match=f"--rows {rows}: holds rows of another configuration \\(gen_weight differ\\)"):
+        bench.main()  # one configuration per rows file: the report does not group by gen_weight
+    assert len(rows.read_text().splitlines()) == 2
+    monkeypatch.setattr(sys, "argv", [*argv, "--device", "tpu"])
+    with pytest.raises(SystemExit, match="--device 'tpu'"):
+        bench.main()
 
 
 def test_real_split_takes_nested_prefixes_of_the_pool():
