@@ -344,3 +344,50 @@ def test_adapt_cli_sam_mix_label_errors_are_one_line(tmp_path, capsys, make_pair
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_validation_rows_hold_out_each_class_but_never_a_masked_image():
+    from metaseg.jobs.sam_mix import validation_rows
+
+    rows = np.arange(20, 40)
+    present = np.array([1] * 14 + [0] * 6)
+    chosen = rows[:4]  # the K masked images
+    held = validation_rows(rows, present, chosen, 0.25, seed=0)
+    assert not np.isin(rows[held], chosen).any()
+    assert (present[held] == 1).sum() == round(0.25 * 10) and (present[held] == 0).sum() == 2  # stratified
+    assert np.array_equal(held, validation_rows(rows, present, chosen, 0.25, seed=0))  # seeded
+    assert (present[np.setdiff1d(np.arange(20), held)] == 0).sum() >= 1  # both classes still train
+    assert validation_rows(rows, np.array([1] * 19 + [0]), chosen, 0.25, seed=0) is None  # one absent image: no hold-out
+
+
+def test_adapt_cli_sam_mix_presence_threshold_held_out_or_given(tmp_path, capsys):
+    import csv
+
+    from PIL import Image
+
+    from metaseg.cli import main
+
+    root = _write_busi_like(tmp_path / "BUSI", n_per_class=4)
+    base = ["adapt", "--method", "sam_mix", "--support", str(root), "--images", str(root), "--shots", "2",
+            "--steps", "1", "--warmup", "2", "--size", str(SIZE), "--cache-dir", str(tmp_path / "c")]
+    assert main(base + ["--out", str(tmp_path / "auto")]) == 0
+    text = capsys.readouterr().out
+    assert "12 image-level labels (8 present)" in text and "2 labelled images held out" in text
+    assert "(chosen on the held-out labels)" in text and "(chosen on the K masks)" in text
+    assert main(base + ["--out", str(tmp_path / "fixed"), "--presence-threshold", "1", "--cam-threshold", "0.4"]) == 0
+    text = capsys.readouterr().out
+    assert "presence threshold 1.000 (fixed), CAM threshold 0.40 (fixed)" in text and "held out" not in text
+    rows = list(csv.DictReader(open(tmp_path / "fixed" / "predictions.csv")))
+    assert len(rows) == 12 and all(float(r["presence"]) < 1 for r in rows)  # threshold 1: every image called absent
+    assert all(not np.asarray(Image.open(p)).any() for p in (tmp_path / "fixed" / "masks").rglob("*.png"))
+    labels = tmp_path / "all_present.csv"  # no absent image: only without a gate
+    labels.write_text("\n".join(f"{cls}/{cls} ({k}),1" for cls in ("benign", "malignant") for k in range(1, 5)))
+    assert main(base + ["--out", str(tmp_path / "nogate"), "--labels", str(labels), "--presence-threshold", "0"]) == 0
+    assert "presence threshold 0.000 (fixed)" in capsys.readouterr().out
+    assert main(base + ["--out", str(tmp_path / "o"), "--labels", str(labels)]) == 2
+    assert "both present (1) and absent (0)" in capsys.readouterr().err
+    for option, value in (("--presence-threshold", "1.5"), ("--val-fraction", "0"), ("--cam-threshold", "1")):
+        assert main(base + ["--out", str(tmp_path / "bad"), option, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert option in err and "between 0 and 1" in err and "\n" not in err
+        assert not (tmp_path / "bad").exists()  # refused before anything is written

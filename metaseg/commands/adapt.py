@@ -35,7 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sam_mix.add_argument("--absent-class", default="normal", help="the class without the structure (default normal, as in BUSI)")
     sam_mix.add_argument("--warmup", type=int, help="classifier-only steps before the joint ones (default 100; --steps: joint steps, default 200)")
     sam_mix.add_argument("--prompts", default="box+dense", choices=["box+dense", "box", "dense", "whole"], help="what the CAM gives the decoder")
-    sam_mix.add_argument("--cam-threshold", type=float, default=0.5, help="CAM level (of its maximum) that makes the prompt mask (default 0.5)")
+    sam_mix.add_argument("--cam-threshold", type=float, help="CAM level (of its maximum) that makes the prompt mask (default: the one whose boxes best fit the K masks)")
+    sam_mix.add_argument("--presence-threshold", type=float, help="presence probability below which a mask is empty; 0 = no gate, labels may all be present "
+                         "(default: chosen by balanced accuracy on a held-out --val-fraction of the labelled images without a mask)")
+    sam_mix.add_argument("--val-fraction", type=float, default=0.2, help="share of each class's unmasked labelled images held out to choose the presence threshold (default 0.2)")
     parser.set_defaults(func=run)
 
 
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         run_sam_mix_adapt(
             support=args.support, images=args.images, out=args.out, shots=args.shots, labels=args.labels,
             absent_class=args.absent_class, steps=args.steps, warmup=args.warmup, layout=args.layout, seed=args.seed,
-            size=args.size, prompts=args.prompts, cam_threshold=args.cam_threshold, overwrite=args.overwrite,
+            size=args.size, prompts=args.prompts, cam_threshold=args.cam_threshold,
+            presence_threshold=args.presence_threshold, val_fraction=args.val_fraction, overwrite=args.overwrite,
             cache_dir=args.cache_dir,
         )
         return 0

@@ -19,6 +19,15 @@ def image_size(option: str, value: int | None) -> None:
         raise MetasegError(f"{option} must be an image side >= {MIN_SIZE} px, e.g. 128 (got {value!r})")
 
 
+def unit_interval(option: str, value: float | None, open_ends: bool = False) -> None:
+    """A number in [0, 1] (in (0, 1) with `open_ends`); None = not given."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (0 < value < 1 if open_ends else 0 <= value <= 1)
+    if not ok:
+        raise MetasegError(f"{option} must be a number {'strictly ' if open_ends else ''}between 0 and 1 (got {value!r})")
+
+
 def existing_folder(option: str, value: str | Path) -> Path:
     """A folder the user named on the command line (relative to the working directory)."""
     path = Path(value).expanduser()

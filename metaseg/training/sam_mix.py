@@ -38,6 +38,8 @@ class SamMixBudget:
     balance: bool = True  # classifier batches class-balanced (else drawn uniformly: collapses to the majority)
     cam_mask_weight: float = 1.0  # CAM-vs-mask loss on the images with masks (0: labels alone shape the CAM)
     auto_cam_threshold: bool = True  # pick cam_threshold by CAM-box IoU with the masks' boxes (training masks only)
+    absent_labels: bool = True  # labels must include absent images; False: all "present" allowed (a dataset with no
+    # empty image, e.g. Kvasir-SEG: the focal loss then only raises presence, the CAM learns from the masks; gate it off)
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -57,15 +59,15 @@ def _segmenter_params(model: SamMix) -> list[torch.nn.Parameter]:
     return [p for p in model.base.parameters() if p.requires_grad]
 
 
-def check_training_data(present: np.ndarray | None, masks: np.ndarray, classifier: bool) -> None:
-    """One-line errors for what SAM-Mix cannot train from."""
+def check_training_data(present: np.ndarray | None, masks: np.ndarray, classifier: bool, absent_labels: bool = True) -> None:
+    """One-line errors for what SAM-Mix cannot train from (`absent_labels`: both label values required)."""
     if len(masks) < 1:
         raise MetasegError("sam_mix: no image with a mask to train the segmentation branch (--shots >= 1)")
     if classifier:
         if present is None or len(present) == 0:
             raise MetasegError("sam_mix: no image-level labels (give --labels a CSV of id,label, or a dataset with class folders)")
         values = set(np.unique(present).tolist())
-        if not values <= {0, 1} or len(values) < 2:
+        if not values <= {0, 1} or (absent_labels and len(values) < 2):
             raise MetasegError(f"sam_mix: image-level labels must include both present (1) and absent (0) images, got {sorted(values)}")
 
 
@@ -90,7 +92,7 @@ def fit_sam_mix(
     was chosen in `model.fit_info`."""
     budget = budget or SamMixBudget()
     masks = torch.as_tensor(np.asarray(masks)).float().reshape(len(masks), 1, *np.asarray(masks).shape[-2:])
-    check_training_data(None if present is None else np.asarray(present), masks, budget.classifier)
+    check_training_data(None if present is None else np.asarray(present), masks, budget.classifier, budget.absent_labels)
     if budget.classifier and budget.cam_mask_weight > 0 and model.head.pooling != "lse":
         raise MetasegError("sam_mix: cam_mask_weight > 0 needs pooling='lse' (a mean-pooled CAM cannot match a mask "
                            "without lowering the presence logit); set cam_mask_weight=0")
