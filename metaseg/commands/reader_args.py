@@ -13,7 +13,7 @@ import yaml
 READER_FLAGS = {"--images-dir": "images_dir", "--masks-dir": "masks_dir", "--mask-suffix": "mask_suffix"}
 
 
-def _option(text: str) -> tuple[str, Any]:
+def option_value(text: str) -> tuple[str, Any]:
     """KEY=VALUE with a YAML value (so 2 -> int, true -> bool, [-160, 240] -> list)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -31,7 +31,7 @@ def add_reader_options(parser: argparse.ArgumentParser, what: str = "the dataset
     parser.add_argument("--images-dir", help="generic layout: images folder relative to the dataset folder")
     parser.add_argument("--masks-dir", help="generic layout: masks folder relative to the dataset folder")
     parser.add_argument("--mask-suffix", help="generic layout: mask stem suffix, e.g. _mask")
-    parser.add_argument("-o", "--option", action="append", type=_option, metavar="KEY=VALUE",
+    parser.add_argument("-o", "--option", action="append", type=option_value, metavar="KEY=VALUE",
                         help="other reader option, e.g. -o split=training, -o label=2 (see `metaseg data list`)")
 
 

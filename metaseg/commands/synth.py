@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from metaseg.commands.reader_args import option_value
 from metaseg.errors import MetasegError
 from metaseg.generative.base import GENERATORS
 
@@ -29,10 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--width", type=int, default=32, help="network width (default 32)")
     t.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     t.add_argument("--lr", type=float, help="learning rate (default: gan 2e-4, diffusion 5e-4)")
+    t.add_argument("--prediction", help="diffusion only: what the U-Net predicts, epsilon (default), v_prediction or sample")
     t.add_argument("--n-train", type=int, help="train on this many images of the training split (default: all of it)")
     t.add_argument("--heldout-fraction", type=float, default=0.2, help="share of source files held out (default 0.2)")
     t.add_argument("--seed", type=int, default=0, help="split, initialisation and batches (default 0)")
     t.add_argument("--layout", help="dataset layout (default: detected)")
+    t.add_argument("-o", "--option", action="append", type=option_value, metavar="KEY=VALUE",
+                   help="reader option, e.g. -o label=1,2 (an MSD task with several labels: their union as one mask)")
     t.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default 100)")
     t.add_argument("--save-minutes", type=float, default=2.0,
                    help="and at least every T minutes, whichever comes first (default 2; 0 = steps only)")
@@ -72,6 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--chunk", type=int, default=512, help="rows per correlation block (memory: chunk^2 floats)")
     a.add_argument("--top", type=int, default=8, help="closest pairs shown in the figure (default 8)")
     a.add_argument("--layout", help="layout of --train/--heldout (default: detected)")
+    a.add_argument("-o", "--option", action="append", type=option_value, metavar="KEY=VALUE",
+                   help="reader option of --train/--heldout (default: the --checkpoint's, e.g. label=1,2)")
     a.add_argument("--cache-dir", help="where decoded datasets are cached")
     a.add_argument("--overwrite", action="store_true", help="replace this command's outputs in --out")
     a.set_defaults(func=run_audit)
@@ -87,7 +93,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise MetasegError(f"--model: unknown generator {args.model!r}; choose one of {', '.join(GENERATORS)}")
     config = RunConfig(model=args.model, dataset=str(Path(args.dataset).expanduser().resolve()), layout=args.layout,
                        size=check_size(args.size), width=args.width, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       n_train=args.n_train, heldout_fraction=args.heldout_fraction)
+                       n_train=args.n_train, heldout_fraction=args.heldout_fraction, reader_options=dict(args.option or []),
+                       prediction=args.prediction)
     path = train(config, args.out, args.steps, args.save_every, args.log_every, args.cache_dir, device=pick_device(args.device),
                  save_minutes=args.save_minutes)
     print(path)
@@ -112,5 +119,5 @@ def run_audit(args: argparse.Namespace) -> int:
 
     audit(args.synthetic, args.train, args.out, heldout=args.heldout, checkpoint=args.checkpoint, tau=args.tau,
           size=args.size, layout=args.layout, ssim_candidates=args.ssim_candidates, chunk=args.chunk, top=args.top,
-          overwrite=args.overwrite, cache_dir=args.cache_dir)
+          overwrite=args.overwrite, cache_dir=args.cache_dir, reader_options=dict(args.option) if args.option else None)
     return 0

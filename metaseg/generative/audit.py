@@ -121,9 +121,11 @@ def _rows(task: TaskArrays, keep: set[str]) -> TaskArrays:
 def run_audit(synthetic: str | Path, train: str | Path, out: str | Path, heldout: str | Path | None = None,
               checkpoint: str | Path | None = None, tau: float = 0.95, size: int | None = None, layout: str | None = None,
               ssim_candidates: int = 0, chunk: int = 512, top: int = 8, overwrite: bool = False,
-              cache_dir: str | None = None, echo: Callable[[str], Any] | None = None) -> dict[str, Any]:
+              cache_dir: str | None = None, echo: Callable[[str], Any] | None = None,
+              reader_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Audit --synthetic against --train (with --checkpoint: only the images the generator saw; the
     reference is then its held-out split) and, when there is a reference, the reference too.
+    `reader_options` read --train/--heldout (default: the checkpoint's, e.g. label=1,2 for an MSD task).
     Writes audit.json, synthetic.csv, reference.csv, histogram.png and closest_pairs.png to --out."""
     from metaseg.generative.data import load_dataset
     from metaseg.generative.figures import closest_pairs, correlation_histogram
@@ -136,9 +138,11 @@ def run_audit(synthetic: str | Path, train: str | Path, out: str | Path, heldout
     folder = OutputFolder(out, OUTPUTS, overwrite).check()
     ckpt = read_synth_checkpoint(checkpoint) if checkpoint else None
     size = int(size or (ckpt["config"]["size"] if ckpt else 64))
+    if reader_options is None and ckpt is not None:
+        reader_options = ckpt["config"].get("reader_options")
     synth = load_dataset(synthetic, size, None, cache_dir, option="--synthetic")
-    real = load_dataset(train, size, layout, cache_dir, option="--train")
-    reference = load_dataset(heldout, size, layout, cache_dir, option="--heldout") if heldout else None
+    real = load_dataset(train, size, layout, cache_dir, option="--train", reader_options=reader_options)
+    reference = load_dataset(heldout, size, layout, cache_dir, option="--heldout", reader_options=reader_options) if heldout else None
     train_set = real
     if ckpt is not None:
         train_set = _rows(real, set(ckpt["train_hashes"]))

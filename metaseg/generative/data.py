@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,17 +21,39 @@ from metaseg.errors import MetasegError
 
 
 def load_dataset(dataset: str | Path, size: int, layout: str | None = None, cache_dir: str | None = None,
-                 option: str = "--dataset") -> TaskArrays:
-    """Any readable dataset folder at size x size (through the shared cache); one-line errors name the option."""
+                 option: str = "--dataset", reader_options: dict[str, Any] | None = None) -> TaskArrays:
+    """Any readable dataset folder at size x size (through the shared cache); one-line errors name the option.
+    `reader_options` go to the reader (e.g. {"label": "1,2"} for an MSD task); see `check_single_mask`."""
     from metaseg.data.cache import load_task
 
     path = Path(dataset).expanduser()
     if not path.is_dir():
         raise MetasegError(f"{option}: folder not found: {path}")
+    options = dict(reader_options or {})
     try:
-        return load_task(path, layout=layout, size=size, cache_dir=cache_dir)
+        check_single_mask(path, layout, options, option)
+        return load_task(path, layout=layout, size=size, cache_dir=cache_dir, **options)
     except MetasegError as exc:
-        raise MetasegError(f"{option}: {exc}") from None
+        text = str(exc)
+        raise MetasegError(text if text.startswith(option) else f"{option}: {text}") from None
+
+
+def check_single_mask(path: Path, layout: str | None, options: dict[str, Any], option: str = "--dataset") -> None:
+    """The generators model ONE binary mask. An MSD task whose dataset.json names several foreground
+    labels (Task04 Hippocampus: 1 anterior, 2 posterior) would be read as label 1 only by default,
+    which silently drops the rest of the structure: refuse it unless the labels are chosen
+    (`-o label=1,2` for their union, the binary mask this study uses, or `-o label=1`)."""
+    from metaseg.data.readers import detect_layout
+    from metaseg.data.readers.msd import foreground_labels
+
+    if "label" in options or (layout or detect_layout(path)) != "msd":
+        return
+    labels = foreground_labels(path)
+    if len(labels) > 1:
+        named = ", ".join(f"{k} {v}" for k, v in labels.items())
+        union = ",".join(str(k) for k in labels)
+        raise MetasegError(f"{option} {path}: dataset.json names {len(labels)} foreground labels ({named}) and the generators "
+                           f"model one binary mask; pass -o label={union} (their union) or -o label={next(iter(labels))} (one of them)")
 
 
 def group_key(content_hash: str) -> str:

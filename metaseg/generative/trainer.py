@@ -42,6 +42,11 @@ class RunConfig:
     seed: int = 0
     n_train: int | None = None
     heldout_fraction: float = 0.2
+    reader_options: dict[str, Any] | None = None  # e.g. {"label": "1,2"} (MSD); None = the reader's defaults
+    prediction: str | None = None  # diffusion only: epsilon (None = default), v_prediction or sample
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reader_options", dict(self.reader_options) if self.reader_options else None)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -136,13 +141,17 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
     if save_minutes < 0:
         raise MetasegError(f"--save-minutes must be >= 0 (0 = every --save-every steps only), got {save_minutes}")
     at_least("--batch-size", config.batch_size, 1)
+    if config.prediction is not None and config.model != "diffusion":
+        raise MetasegError(f"--prediction is a diffusion setting; --model {config.model} has none")
     out = Path(out).expanduser()
     resume = _prepare_out(out, config)
-    task = load_dataset(config.dataset, config.size, config.layout, cache_dir)
+    task = load_dataset(config.dataset, config.size, config.layout, cache_dir, reader_options=config.reader_options)
     split = split_by_hash(task.hashes, config.heldout_fraction, config.n_train, config.seed)
     data = to_joint(task.images[split.train], task.masks[split.train]).to(device)
     torch.manual_seed(config.seed)  # network initialisation
     spec = {"channels": data.shape[1], "size": config.size, "width": config.width, "lr": config.lr}
+    if config.prediction is not None:
+        spec["prediction"] = config.prediction
     model = create_generator(config.model, **spec, device=device)
     step = 0
     if resume is not None:

@@ -33,6 +33,27 @@ def _modality(root: Path, channel: int) -> str:
     return str(names[str(channel)])
 
 
+def foreground_labels(root: Path) -> dict[int, str]:
+    """The non-background labels that dataset.json names ({1: 'Anterior', 2: 'Posterior'} for Task04);
+    empty when dataset.json has no "labels" table."""
+    try:
+        info = json.loads((Path(root) / "dataset.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise MetasegError(f"cannot read {Path(root) / 'dataset.json'}: {exc}") from None
+    labels = info.get("labels") or {}
+    if not isinstance(labels, dict):
+        return {}
+    out = {}
+    for key, name in labels.items():  # MSD: {"1": "Anterior"}; nnU-Net v2: {"Anterior": 1}
+        value, text = (key, name) if str(key).lstrip("-").isdigit() else (name, key)
+        try:
+            if int(value) != 0:
+                out[int(value)] = str(text)
+        except (TypeError, ValueError):
+            continue
+    return dict(sorted(out.items()))
+
+
 def _case_name(path: Path) -> str:
     return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
 
