@@ -1,7 +1,9 @@
 """SAM-Mix benchmark: BUSI and hippocampus slices, N masks + image-level labels of the whole pool.
 
     nice -n 10 python -m benchmarks.sam_mix                 # resumable: finished runs are kept
-    python -m benchmarks.sam_mix --report-only              # rebuild sam_mix.{json,md} and the figure
+    nice -n 10 python -m benchmarks.sam_mix --seed 1        # another training seed, same split and test images
+    nice -n 10 python -m benchmarks.sam_mix --cross-domain --n 50 --methods sam_mix unet_scratch medsam_whole_box
+    python -m benchmarks.sam_mix --report-only              # rebuild sam_mix.{json,md} (every saved run) and the figure
 
 Every method sees the same N masked pool images (seeded, drawn among images with the structure)
 and is scored on the same test images (fixed content-hash split, benchmarks/sam_mix_data.py).
@@ -11,6 +13,12 @@ medsam_whole_box (the base + decoder LoRA fine-tuned with the whole-image box, n
 unet_scratch (smp U-Net from random init). Dice is over test images WITH the structure; test
 images without it are reported as a false-positive rate (any predicted pixel) and scored as
 metaseg.metrics does (Dice 1 for an empty prediction, else 0) in dice_all.
+
+Seeds: --seed changes the training seed only (which N images keep their masks, initialisation,
+batches); the split (--split-seed, default 0) and so the test images stay fixed, and the report
+pools every saved run: per-image Dice averaged over seeds, paired differences on the same images.
+Cross-domain (--cross-domain): trained on a dataset of CROSS_DOMAIN (its pool, N masks) and tested
+without retraining on its partner's test split, plus its own test split for reference.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.sam_mix_data import CAPS, DATASETS, labelled_subset, split
+from benchmarks.sam_mix_data import BENCHMARK, CAPS, labelled_subset, split
 from metaseg.losses import bce_dice_loss
 from metaseg.metrics import dice_iou_per_image, mean_ci95
 
@@ -31,26 +39,34 @@ RESULTS = DEFAULT_RESULTS  # set by --out
 METHODS = ("sam_mix", "ablation_cam_box", "medsam_whole_box", "unet_scratch")
 BASELINES = ("ablation_cam_box", "medsam_whole_box", "unet_scratch")
 TARGET_GAIN = {5: 10.0, 50: 5.0}  # points of Dice over the best baseline (issue 11)
+# train -> test without retraining, same lesion. Kvasir-SEG has no image without a polyp, so its
+# image-level labels are all "present": the presence classifier learns no gate (threshold 0) and
+# its CAM is shaped by the N masks (cam_mask_weight) and the focal loss on present images only.
+CROSS_DOMAIN = {"Kvasir-SEG": "CVC-ClinicDB"}
 
 
-def _train_sam(method: str, data, rows: np.ndarray, args) -> dict[str, np.ndarray]:
+def _train_sam(method: str, data, rows: np.ndarray, args, tests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
     from metaseg.models.sam_mix import create_sam_mix
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix, predict_sam_mix
 
     prompts = {"sam_mix": "box+dense", "ablation_cam_box": "box", "medsam_whole_box": "whole"}[method]
     model = create_sam_mix(prompts=prompts, image_size=args.size, seed=args.seed)
+    one_class = len(np.unique(data.present["pool"])) < 2  # no absent image (Kvasir-SEG): nothing to gate with
     budget = SamMixBudget(steps=args.steps, warmup=args.warmup, multitask=method == "sam_mix",
-                          classifier=method != "medsam_whole_box")
+                          classifier=method != "medsam_whole_box", absent_labels=not one_class)
     pool = data.images["pool"]
+    val = {} if one_class else {"val_images": data.images["val"], "val_present": data.present["val"]}
+    if one_class:
+        model.presence_threshold = 0.0
     fit_sam_mix(model, pool if budget.classifier else None, data.present["pool"] if budget.classifier else None,
-                pool[rows], data.masks["pool"][rows], budget, seed=args.seed,
-                val_images=data.images["val"], val_present=data.present["val"])  # labels only: the presence threshold
-    out = predict_sam_mix(model, data.images["test"])
-    out["fit_info"] = dict(model.fit_info, presence_threshold=model.presence_threshold, cam_threshold=model.cam_threshold)
-    return out
+                pool[rows], data.masks["pool"][rows], budget, seed=args.seed, **val)  # val labels: the presence threshold
+    outs = [predict_sam_mix(model, images) for images in tests]
+    for out in outs:
+        out["fit_info"] = dict(model.fit_info, presence_threshold=model.presence_threshold, cam_threshold=model.cam_threshold)
+    return outs
 
 
-def _train_unet(data, rows: np.ndarray, args) -> dict[str, np.ndarray]:
+def _train_unet(data, rows: np.ndarray, args, tests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
     from metaseg.models import create_model
 
     torch.manual_seed(args.seed)
@@ -67,10 +83,12 @@ def _train_unet(data, rows: np.ndarray, args) -> dict[str, np.ndarray]:
         bce_dice_loss(net(x[batch]), y[batch]).backward()
         opt.step()
     net.eval()
-    test = torch.from_numpy(data.images["test"]).float() / 255
-    with torch.no_grad():
-        logits = torch.cat([net(test[i:i + 16]) for i in range(0, len(test), 16)])
-    return {"logits": logits.numpy()}
+    outs = []
+    for images in tests:
+        test = torch.from_numpy(images).float() / 255
+        with torch.no_grad():
+            outs.append({"logits": torch.cat([net(test[i:i + 16]) for i in range(0, len(test), 16)]).numpy()})
+    return outs
 
 
 def score(logits: np.ndarray, masks: np.ndarray) -> dict[str, list[float]]:
@@ -82,38 +100,62 @@ def score(logits: np.ndarray, masks: np.ndarray) -> dict[str, list[float]]:
             "false_positive": fired[~has].astype(float).tolist()}
 
 
-def run_one(dataset: str, data, n: int, method: str, args) -> list[dict]:
-    """Train + score one method (two rows for sam_mix: gated and not); cached in results/sam_mix_runs/."""
-    path = RESULTS / "sam_mix_runs" / f"{dataset}_N{n}_{method}_seed{args.seed}.json"
+def run_path(dataset: str, n: int, method: str, seed: int, test_on: str | None = None) -> Path:
+    stem = dataset if test_on is None else f"{dataset}_to_{test_on}"
+    return RESULTS / "sam_mix_runs" / f"{stem}_N{n}_{method}_seed{seed}.json"
+
+
+def run_one(dataset: str, data, n: int, method: str, args, cross=None) -> list[dict]:
+    """Train + score one method (two rows for sam_mix: gated and not); cached in results/sam_mix_runs/.
+    With `cross` (the Split of another dataset) the same trained model is also scored, without
+    retraining, on that dataset's test split (rows with cross_domain True)."""
+    path = run_path(dataset, n, method, args.seed, cross.name if cross is not None else None)
     if path.is_file() and not args.rerun:
         return json.loads(path.read_text())
     rows = labelled_subset(data.present["pool"], n, args.seed)
+    tests = [data] + ([cross] if cross is not None else [])
     start = time.perf_counter()
-    out = _train_unet(data, rows, args) if method == "unet_scratch" else _train_sam(method, data, rows, args)
+    train = _train_unet if method == "unet_scratch" else lambda *a: _train_sam(method, *a)
+    outs = train(data, rows, args, [t.images["test"] for t in tests])
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
+    records = []
+    for test, out in zip(tests, outs):
+        extra = {} if cross is None else {"train_dataset": dataset, "cross_domain": test is cross}
+        records += _records(test, len(data.ids["pool"]), n, method, args, out, seconds, extra,
+                            path if test is data and cross is None else None)
+    path.write_text(json.dumps(records))
+    return records
+
+
+def _records(data, n_pool: int, n: int, method: str, args, out: dict, seconds: float, extra: dict,
+             npz: Path | None) -> list[dict]:
+    """The run's rows on one test set (`data`: the Split whose test part was scored)."""
     # the whole-box baseline has no classifier: its (untrained) head must not gate its masks
     variants = {method: out["raw"] if method == "medsam_whole_box" else out["logits"]}
-    if method == "sam_mix":
+    if method == "sam_mix" and out["fit_info"]["presence_threshold"] > 0:  # threshold 0: no gate, same masks
         variants["sam_mix_nogate"] = out["raw"]
-        np.savez_compressed(path.with_suffix(".npz"), cam=out["cam"], boxes=out["boxes"], logits=out["logits"],
+    if method == "sam_mix" and npz is not None:
+        np.savez_compressed(npz.with_suffix(".npz"), cam=out["cam"], boxes=out["boxes"], logits=out["logits"],
                             presence=out["presence"])
     records = []
     for name, logits in variants.items():
-        rec = {"method": name, "dataset": dataset, "n_labelled": n, "seed": args.seed, "seconds": round(seconds, 1),
-               "n_pool_labels": len(data.ids["pool"]), "n_test": len(data.ids["test"]), "test_ids": data.ids["test"],
-               **score(logits, data.masks["test"])}
+        rec = {"method": name, "dataset": data.name, "n_labelled": n, "seed": args.seed, "seconds": round(seconds, 1),
+               "budget": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "unet_steps": args.unet_steps,
+                          "split_seed": args.split_seed},
+               "n_pool_labels": n_pool, "n_test": len(data.ids["test"]), "test_ids": data.ids["test"],
+               **extra, **score(logits, data.masks["test"])}
         if "presence" in out and method != "medsam_whole_box":
             from metaseg.models.cam import box_iou, mask_boxes
 
             truth = data.masks["test"].reshape(len(logits), -1).any(1)
             call = out["presence"] >= out["fit_info"]["presence_threshold"]
             rec["presence_accuracy"] = float((call == truth).mean())
-            rec["presence_balanced_accuracy"] = float((call[truth].mean() + (~call[~truth]).mean()) / 2)
+            if truth.any() and not truth.all():
+                rec["presence_balanced_accuracy"] = float((call[truth].mean() + (~call[~truth]).mean()) / 2)
             rec["cam_box_iou"] = box_iou(out["boxes"][truth], mask_boxes(data.masks["test"][truth])).tolist()
             rec["fit_info"] = out["fit_info"]
         records.append(rec)
-    path.write_text(json.dumps(records))
     return records
 
 
@@ -122,6 +164,7 @@ def summary_row(rec: dict) -> dict:
     am, aci = mean_ci95(rec["dice_all"])
     fp = rec["false_positive"]
     row = {k: rec[k] for k in ("method", "dataset", "n_labelled", "seed", "n_pool_labels", "n_test", "seconds")}
+    row.update(train_dataset=rec.get("train_dataset", rec["dataset"]), cross_domain=bool(rec.get("cross_domain", False)))
     row.update(dice_mean=100 * dm, dice_ci95=100 * dci, n_present=len(rec["dice_present"]),
                dice_all=100 * am, dice_all_ci95=100 * aci, n_empty=len(fp),
                false_positive_rate=float(np.mean(fp)) if fp else float("nan"))
@@ -135,60 +178,143 @@ def summary_row(rec: dict) -> dict:
     return row
 
 
-def paired(a: dict, b: dict) -> tuple[float, float]:
-    """Mean and 95% CI of the per-image Dice difference a - b (points) on the same test images."""
-    return tuple(100 * v for v in mean_ci95(np.subtract(a["dice_present"], b["dice_present"])))
+def load_runs(results: Path) -> list[dict]:
+    """Every saved run record (all seeds, in-domain and cross-domain)."""
+    return [rec for path in sorted((results / "sam_mix_runs").glob("*.json")) for rec in json.loads(path.read_text())]
+
+
+def group_key(rec: dict) -> tuple[str, str, int]:
+    """(trained on, tested on, N): the runs one comparison is made in."""
+    return rec.get("train_dataset", rec["dataset"]), rec["dataset"], rec["n_labelled"]
+
+
+def by_method_seed(records: list[dict]) -> dict[tuple, dict[str, dict[int, dict]]]:
+    """group -> method -> seed -> record; the test images of a group must be the same for every run."""
+    groups: dict[tuple, dict[str, dict[int, dict]]] = {}
+    for rec in records:
+        groups.setdefault(group_key(rec), {}).setdefault(rec["method"], {})[rec["seed"]] = rec
+    for key, methods in groups.items():
+        ids = {tuple(r["test_ids"]) for seeds in methods.values() for r in seeds.values()}
+        if len(ids) > 1:
+            raise SystemExit(f"sam_mix report: runs of {key} were scored on different test images (split seed?)")
+    return groups
+
+
+def seed_mean(runs: dict[int, dict], seeds: list[int], key: str = "dice_present") -> np.ndarray:
+    """Per-image score averaged over `seeds` (same test images in every seed)."""
+    return np.mean([runs[s][key] for s in seeds], axis=0)
+
+
+def paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[float, float, list[int], list[float]]:
+    """Mean and 95% CI (points) of the per-image Dice difference a - b on the same test images, each
+    image's difference averaged over the seeds both have; those seeds and each one's mean difference."""
+    seeds = sorted(set(a) & set(b))
+    diff = seed_mean(a, seeds) - seed_mean(b, seeds)
+    mean, ci = mean_ci95(diff)
+    per_seed = [100 * float(np.mean(np.subtract(a[s]["dice_present"], b[s]["dice_present"]))) for s in seeds]
+    return 100 * mean, 100 * ci, seeds, per_seed
+
+
+def pooled_rows(groups: dict) -> list[dict]:
+    """One row per (group, method): per-image Dice averaged over the method's seeds, then mean ± CI."""
+    rows = []
+    for (train, test, n), methods in sorted(groups.items()):
+        for method, runs in sorted(methods.items()):
+            seeds = sorted(runs)
+            dm, dci = mean_ci95(seed_mean(runs, seeds))
+            fp = [np.mean(runs[s]["false_positive"]) for s in seeds if runs[s]["false_positive"]]
+            rows.append({"method": method, "dataset": test, "train_dataset": train, "cross_domain": train != test,
+                         "n_labelled": n, "seeds": seeds, "dice_mean": 100 * dm, "dice_ci95": 100 * dci,
+                         "n_present": len(runs[seeds[0]]["dice_present"]),
+                         "false_positive_rate": float(np.mean(fp)) if fp else float("nan")})
+    return rows
+
+
+def _diff_text(name: str, a: dict, b: dict) -> tuple[str, float, float]:
+    diff, ci, seeds, per_seed = paired(a, b)
+    each = ", ".join(f"seed {s}: {d:+.1f}" for s, d in zip(seeds, per_seed))
+    return f"sam_mix − {name} = {diff:+.1f} ± {ci:.1f} points (paired, seeds {seeds} pooled; {each})", diff, ci
 
 
 def targets(records: list[dict]) -> list[str]:
+    """Issue 11's targets in-domain (best baseline by seed-pooled Dice), and the cross-domain gain over U-Net."""
     lines = []
-    for (dataset, n) in sorted({(r["dataset"], r["n_labelled"]) for r in records}):
-        group = {r["method"]: r for r in records if (r["dataset"], r["n_labelled"]) == (dataset, n)}
+    for (train, test, n), group in sorted(by_method_seed(records).items()):
         if "sam_mix" not in group or not any(b in group for b in BASELINES):
             continue
-        best = max((b for b in BASELINES if b in group), key=lambda b: np.mean(group[b]["dice_present"]))
-        diff, ci = paired(group["sam_mix"], group[best])
+        present = [b for b in BASELINES if b in group]
+        best = max(present, key=lambda b: float(np.mean(seed_mean(group[b], sorted(group[b])))))
+        seeds_note = "; baseline seeds: " + ", ".join(f"{b} {sorted(group[b])}" for b in present)
+        missing = [b for b in BASELINES if b not in group]
+        missing_note = f" (not run, so not among the baselines: {missing})" if missing else ""
+        text, diff, ci = _diff_text(f"{best} (best baseline)", group["sam_mix"], group[best])
+        if train != test:  # cross-domain: the issue asks for the gain over U-Net, whatever it is
+            lines.append(f"cross-domain {train} → {test} (no retraining), N={n}: {text}"
+                         + (f"; vs unet_scratch: {_diff_text('unet_scratch', group['sam_mix'], group['unet_scratch'])[0]}"
+                            if "unet_scratch" in group and best != "unet_scratch" else "") + seeds_note + missing_note)
+            continue
+        if test not in BENCHMARK:  # e.g. Kvasir-SEG's own test split, next to its cross-domain rows
+            lines.append(f"in-domain reference {test}, N={n}: {text}{seeds_note}{missing_note}")
+            continue
         need = TARGET_GAIN.get(n, 5.0)
         met = diff >= need and diff - ci > 0
-        missing = [b for b in BASELINES if b not in group]
-        lines.append(f"{dataset}, N={n}: {'MET' if met else 'MISSED'} — sam_mix − {best} (best baseline) = "
-                     f"{diff:+.1f} ± {ci:.1f} points (paired, test images with the structure); target ≥ +{need:.0f} "
-                     f"with CI above 0{'' if met else f'; short by {max(0.0, need - diff):.1f} points'}"
-                     f"{f' (not run, so not among the baselines: {missing})' if missing else ''}")
+        lines.append(f"{test}, N={n}: {'MET' if met else 'MISSED'} — {text}, test images with the structure; target "
+                     f"≥ +{need:.0f} with CI above 0{'' if met else f'; short by {max(0.0, need - diff):.1f} points'}"
+                     + seeds_note + missing_note)
     return lines
+
+
+def _rate(row: dict) -> str:
+    """The FP rate, or '-' for a test set without empty images (polyps)."""
+    return "-" if np.isnan(row["false_positive_rate"]) else f"{row['false_positive_rate']:.2f}"
 
 
 def write_report(records: list[dict], args) -> None:
     rows = [summary_row(r) for r in records]
+    pooled = pooled_rows(by_method_seed(records))
     lines_t = targets(records)
     (RESULTS / "sam_mix.json").write_text(json.dumps({
-        "command": "nice -n 10 python -m benchmarks.sam_mix " + " ".join(args.argv), "caps": CAPS,
+        "command": "python -m benchmarks.sam_mix " + " ".join(args.argv), "caps": CAPS,
         "size": args.size, "steps": args.steps, "warmup": args.warmup, "unet_steps": args.unet_steps,
-        "rows": rows, "targets": lines_t}, indent=1))
+        "budgets": sorted({json.dumps(r.get("budget", "not recorded (seed-0 runs: steps 80, warmup 150, unet 200)"))
+                           for r in records}),
+        "rows": rows, "pooled": pooled, "targets": lines_t}, indent=1))
     md = ["# SAM-Mix benchmark (generated by benchmarks/sam_mix.py)", "",
-          f"Command: `nice -n 10 python -m benchmarks.sam_mix {' '.join(args.argv)}`; {args.size} px, CPU, "
-          f"classifier warm-up {args.warmup} steps + {args.steps} segmenter/joint steps, U-Net {args.unet_steps} steps; "
-          f"split caps (content-hash order) {CAPS}. Dice in points over test images WITH the structure (mean ± 95% t-CI); "
-          "FP rate = share of test images WITHOUT it where any pixel is predicted; Dice(all) scores those as "
-          "metaseg.metrics does (1 for an empty prediction, 0 otherwise).", "",
+          f"Report: `python -m benchmarks.sam_mix {' '.join(args.argv)}` over every run saved in sam_mix_runs/; "
+          f"{args.size} px, CPU, classifier warm-up {args.warmup} steps + {args.steps} segmenter/joint steps, U-Net "
+          f"{args.unet_steps} steps; split caps (content-hash order, split seed 0 for every training seed) {CAPS}. Dice in "
+          "points over test images WITH the structure (mean ± 95% t-CI); FP rate = share of test images WITHOUT it where "
+          "any pixel is predicted; Dice(all) scores those as metaseg.metrics does (1 for an empty prediction, 0 otherwise).",
+          "",
           "CAM box IoU: the CAM box vs the mask's bounding box on test images with the structure. Presence "
           "threshold chosen on the validation split's image-level labels (balanced accuracy), CAM threshold on the N "
-          "training masks' boxes; test images never choose anything.", "",
-          "| dataset | N | method | seed | Dice | Dice (all test) | FP rate (empty images) | presence acc. / balanced | "
-          "presence thr. | CAM thr. | CAM box IoU | pool labels | test (present/empty) | s |",
-          "|---|---:|---|---:|---|---|---|---|---:|---:|---:|---:|---|---:|"]
+          "training masks' boxes; test images never choose anything. Cross-domain rows (train → test): trained on the "
+          "first dataset's pool and N masks, scored without retraining on the second's test split. Kvasir-SEG has no "
+          "image without a polyp, so its image-level labels are all 'present': no presence gate is learnt (threshold 0).",
+          "", "Targets (issue 11):", ""] + [f"- {t}" for t in lines_t] + [
+          "", "## Pooled over seeds (per-image Dice averaged over the seeds, then mean ± 95% CI over images)", "",
+          "| trained on → tested on | N | method | seeds | Dice | FP rate (empty images) |", "|---|---:|---|---|---|---|"]
+    for r in pooled:
+        domain = f"{r['train_dataset']} → {r['dataset']}" if r["cross_domain"] else r["dataset"]
+        md.append(f"| {domain} | {r['n_labelled']} | {r['method']} | {','.join(map(str, r['seeds']))} | "
+                  f"{r['dice_mean']:.1f} ± {r['dice_ci95']:.1f} | {_rate(r)} |")
+    md += ["", "## Per run (one row per seed)", "",
+           "| trained on → tested on | N | method | seed | Dice | Dice (all test) | FP rate (empty images) | presence acc. / balanced | "
+           "presence thr. | CAM thr. | CAM box IoU | pool labels | test (present/empty) | s |",
+           "|---|---:|---|---:|---|---|---|---|---:|---:|---:|---:|---|---:|"]
 
     def fmt(r: dict, key: str) -> str:
         return f"{r[key]:.2f}" if key in r else "-"
 
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["n_labelled"], r["method"], r["seed"])):
+    for r in sorted(rows, key=lambda r: (r["cross_domain"], r["dataset"], r["n_labelled"], r["method"], r["seed"])):
         acc = f"{r['presence_accuracy']:.2f} / {fmt(r, 'presence_balanced_accuracy')}" if "presence_accuracy" in r else "-"
-        md.append(f"| {r['dataset']} | {r['n_labelled']} | {r['method']} | {r['seed']} | {r['dice_mean']:.1f} ± {r['dice_ci95']:.1f} | "
-                  f"{r['dice_all']:.1f} ± {r['dice_all_ci95']:.1f} | {r['false_positive_rate']:.2f} | {acc} | "
+        domain = f"{r['train_dataset']} → {r['dataset']} (cross-domain)" if r["cross_domain"] else r["dataset"]
+        md.append(f"| {domain} | {r['n_labelled']} | {r['method']} | {r['seed']} | {r['dice_mean']:.1f} ± {r['dice_ci95']:.1f} | "
+                  f"{r['dice_all']:.1f} ± {r['dice_all_ci95']:.1f} | {_rate(r)} | {acc} | "
                   f"{fmt(r, 'presence_threshold')} | {fmt(r, 'cam_threshold')} | {fmt(r, 'cam_box_iou')} | "
                   f"{r['n_pool_labels']} | {r['n_present']}/{r['n_empty']} | {r['seconds']:.0f} |")
-    md += ["", "Targets (issue 11):", ""] + [f"- {t}" for t in lines_t] + [""]
-    (RESULTS / "sam_mix.md").write_text("\n".join(md))
+    (RESULTS / "sam_mix.md").write_text("\n".join(md) + "\n")
+
 
 
 def figure(dataset: str, data, n: int, seed: int, count: int = 4) -> Path | None:
@@ -231,16 +357,22 @@ def figure(dataset: str, data, n: int, seed: int, count: int = 4) -> Path | None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(BENCHMARK), choices=list(BENCHMARK))
+    parser.add_argument("--cross-domain", action="store_true",
+                        help=f"train on each of {list(CROSS_DOMAIN)} and test on its partner {list(CROSS_DOMAIN.values())} "
+                             "(instead of --datasets)")
     parser.add_argument("--n", nargs="+", type=int, default=[5, 50])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed: which N pool images keep their masks, initialisation, batches")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the content-hash split (fixed across training seeds: same test images)")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=60, help="segmenter (joint) steps")
+    parser.add_argument("--steps", type=int, default=80, help="segmenter (joint) steps")
     parser.add_argument("--warmup", type=int, default=150, help="classifier-only steps")
-    parser.add_argument("--unet-steps", type=int, default=150)
+    parser.add_argument("--unet-steps", type=int, default=200)
     parser.add_argument("--rerun", action="store_true", help="recompute runs already saved")
-    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the saved runs, train nothing")
     parser.add_argument("--out", default=str(DEFAULT_RESULTS), help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     given = list(argv) if argv is not None else __import__("sys").argv[1:]
@@ -249,26 +381,23 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS = Path(args.out)
     RESULTS.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    records = []
-    for dataset in args.datasets:
-        data = split(dataset, size=args.size, seed=args.seed, caps=CAPS)
+    if args.report_only:
+        write_report(load_runs(RESULTS), args)
+        return 0
+    pairs = list(CROSS_DOMAIN.items()) if args.cross_domain else [(d, None) for d in args.datasets]
+    for dataset, partner in pairs:
+        data = split(dataset, size=args.size, seed=args.split_seed, caps=CAPS)
+        cross = split(partner, size=args.size, seed=args.split_seed, caps=CAPS) if partner else None
         for n in args.n:
             for method in args.methods:
-                path = RESULTS / "sam_mix_runs" / f"{dataset}_N{n}_{method}_seed{args.seed}.json"
-                if args.report_only and not path.is_file():
-                    continue
-                recs = run_one(dataset, data, n, method, args)
-                records += recs
-                for r in recs:
+                for r in run_one(dataset, data, n, method, args, cross):
                     s = summary_row(r)
-                    print(f"{dataset} N={n} {s['method']}: Dice {s['dice_mean']:.1f} ± {s['dice_ci95']:.1f}, "
+                    print(f"{group_key(r)} {s['method']}: Dice {s['dice_mean']:.1f} ± {s['dice_ci95']:.1f}, "
                           f"FP rate {s['false_positive_rate']:.2f} ({s['seconds']} s)", flush=True)
-                write_report(records, args)
-        done = [n for n in sorted(args.n, reverse=True)
-                if (RESULTS / "sam_mix_runs" / f"{dataset}_N{n}_sam_mix_seed{args.seed}.npz").is_file()]
-        if done:  # the largest N measured
+                write_report(load_runs(RESULTS), args)
+        done = [n for n in sorted(args.n, reverse=True) if run_path(dataset, n, "sam_mix", args.seed).with_suffix(".npz").is_file()]
+        if done and partner is None:  # the largest N measured
             figure(dataset, data, done[0], args.seed)
-    write_report(records, args)
     return 0
 
 

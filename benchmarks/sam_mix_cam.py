@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.sam_mix_data import CAPS, DATASETS, labelled_subset, split
+from benchmarks.sam_mix_data import BENCHMARK, CAPS, labelled_subset, split
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # cumulative: each adds one fix to the previous
@@ -71,7 +71,7 @@ def evaluate(dataset: str, data, n: int, name: str, spec: dict, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(BENCHMARK), choices=list(BENCHMARK))
     parser.add_argument("--n", nargs="+", type=int, default=[5, 50])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128)
