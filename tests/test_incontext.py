@@ -109,6 +109,51 @@ def test_prediction_does_not_depend_on_the_other_queries(factory, size, request)
     assert torch.allclose(alone, batch[:1], atol=1e-5)
 
 
+def crossblock_unet_by_the_definition(model, x, sx, sy):
+    """The CrossBlock U-Net written plainly: every query with its whole support as (B, K, C, H, W)
+    tensors through every level, the shared conv over the concatenation [t, s_j], no chunks."""
+    import torch.nn.functional as F
+
+    def block(b, t, s):  # t (B, Ct, H, W), s (B, K, Cs, H, W)
+        weight = torch.cat([b.cross_target.weight, b.cross_support.weight], 1)
+        pairs = torch.cat([t.unsqueeze(1).expand(-1, s.shape[1], -1, -1, -1), s], 2).flatten(0, 1)
+        z = F.leaky_relu(F.conv2d(pairs, weight, b.cross_target.bias, padding=1), 0.1).unflatten(0, s.shape[:2])
+        return F.leaky_relu(b.target_conv(z.mean(1)), 0.1), F.leaky_relu(b.support_conv(z.flatten(0, 1)), 0.1).unflatten(0, s.shape[:2])
+
+    each = lambda f, v: f(v.flatten(0, 1)).unflatten(0, v.shape[:2])  # noqa: E731
+    t = (x - 0.5) * 2
+    s = ((torch.cat([sx, sy], 1) - 0.5) * 2).unsqueeze(0).expand(x.shape[0], -1, -1, -1, -1)
+    skips = []
+    for level, b in enumerate(model.encoder):
+        t, s = block(b, t, s)
+        if level < len(model.encoder) - 1:
+            skips.append((t, s))
+            t, s = F.max_pool2d(t, 2), each(lambda v: F.max_pool2d(v, 2), s)
+    for b in model.decoder:
+        skip_t, skip_s = skips.pop()
+        up = lambda v: F.interpolate(v, skip_t.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        t, s = block(b, torch.cat([up(t), skip_t], 1), torch.cat([each(up, s), skip_s], 2))
+    return model.head(t)
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_unet_prediction_equals_the_crossblock_definition_whatever_the_query_chunks(k, monkeypatch):
+    """The fast path (channels-last, queries in chunks, first-level support features computed
+    once, the last block's unused support features skipped) gives the plain definition's logits."""
+    import metaseg.models.incontext as incontext
+
+    monkeypatch.setattr(incontext, "PAIRS_PER_CHUNK", 8)  # chunks of 8, 2 and 1 queries for K = 1, 3, 40
+    model = unet()
+    x, y = blobs(k + 5, UNET_SIZE, seed=3)
+    sx, sy, qx = x[:k], y[:k], x[k:]
+    learner = create_learner("incontext")
+    with torch.no_grad():
+        fast = learner.predict(model, learner.adapt(model, sx, sy), qx)
+        order = torch.tensor(incontext.support_order(sx, sy))
+        plain = crossblock_unet_by_the_definition(model, qx, sx[order], sy[order])
+    assert torch.allclose(fast, plain, atol=1e-5)
+
+
 @pytest.mark.parametrize("factory,size", CASES)
 def test_a_support_of_one_works(factory, size, request):
     model = build(factory, request)

@@ -10,6 +10,12 @@ depend on the order the user listed the files in), and the ensemble over R rando
 convolution over the concatenation [target features, support pair features] is computed as the
 sum of a convolution of the target and one of the support pair (the same linear map, split by
 input channels), so the target part is computed once per target instead of once per pair.
+The support features of the later levels depend on the target (z_j mixes t and s_j), so every
+query carries K feature maps through every level: the network runs channels-last (2-3x faster
+oneDNN convolutions and pooling on CPU), on chunks of about PAIRS_PER_CHUNK (query, member) pairs
+that stay in cache, with the first level's support part computed once per call and the last
+block's support convolution (whose output nothing reads) skipped; the values are the plain
+definition's (tested against it).
 Nothing mixes the images of a query batch, and the support set enters only through means over
 its members: predictions do not depend on the support order or on the other queries (tested).
 """
@@ -27,6 +33,7 @@ from metaseg.models.unet import adapt_channels
 
 Support = dict[str, torch.Tensor]
 _EPS = 1e-4
+PAIRS_PER_CHUNK = 32  # (query, support member) pairs an incontext_unet pass carries at once (cache, not values)
 
 
 def support_order(support_x: torch.Tensor, support_y: torch.Tensor) -> list[int]:
@@ -101,7 +108,10 @@ class InContextModel(nn.Module):
 
 class CrossBlock(nn.Module):
     """UniverSeg's CrossBlock: z_j = act(conv([t, s_j])) for every support member j, then
-    t' = act(conv_t(mean_j z_j)) and s'_j = act(conv_s(z_j))."""
+    t' = act(conv_t(mean_j z_j)) and s'_j = act(conv_s(z_j)).
+
+    Support features are 4-D: (B*K, C, H, W) with query b's members at rows b*K..b*K+K-1, or
+    (K, C, H, W) when they are the same for every query (the first level)."""
 
     def __init__(self, target_in: int, support_in: int, channels: int):
         super().__init__()
@@ -109,24 +119,29 @@ class CrossBlock(nn.Module):
         self.cross_support = nn.Conv2d(support_in, channels, 3, padding=1, bias=False)  # its support part
         self.target_conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.support_conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.act = nn.LeakyReLU(0.1)
+        self.act = nn.LeakyReLU(0.1, inplace=True)  # each input is a fresh sum/convolution output
 
-    def forward(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t (B, Ct, H, W); s (B or 1, K, Cs, H, W) -> (B, C, H, W), (B, K, C, H, W)."""
-        zs = self.cross_support(s.flatten(0, 1)).unflatten(0, s.shape[:2])
-        z = self.act(self.cross_target(t).unsqueeze(1) + zs)
+    def forward(self, t: torch.Tensor, s: torch.Tensor, k: int,
+                support_out: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """t (B, Ct, H, W); s (B*K or K, Cs, H, W) -> (B, C, H, W), (B*K, C, H, W) (None if not `support_out`)."""
+        return self.mix(t, self.cross_support(s), k, support_out)
+
+    def mix(self, t: torch.Tensor, zs: torch.Tensor, k: int,
+            support_out: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` given the support part of the shared conv, zs = cross_support(s)."""
+        z = self.act(self.cross_target(t).unsqueeze(1) + zs.unflatten(0, (-1, k)))  # (B, K, C, H, W)
         t_out = self.act(self.target_conv(z.mean(1)))
-        s_out = self.act(self.support_conv(z.flatten(0, 1))).unflatten(0, z.shape[:2])
+        # the last block's support features are never used: skip their convolution
+        s_out = self.act(self.support_conv(z.flatten(0, 1))) if support_out else None
         return t_out, s_out
 
 
-def _pool(t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return F.max_pool2d(t, 2), F.max_pool2d(s.flatten(0, 1), 2).unflatten(0, s.shape[:2])
+def _pool(v: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(v, 2)
 
 
-def _up(t: torch.Tensor, s: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    up = lambda v: F.interpolate(v, size, mode="bilinear", align_corners=False)  # noqa: E731
-    return up(t), up(s.flatten(0, 1)).unflatten(0, s.shape[:2])
+def _up(v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(v, size, mode="bilinear", align_corners=False)
 
 
 class InContextUNet(InContextModel):
@@ -153,19 +168,32 @@ class InContextUNet(InContextModel):
         depth = len(self.channels) - 1
         if height % (1 << depth) or width % (1 << depth):
             raise MetasegError(f"incontext_unet: image size {(height, width)} must be divisible by {1 << depth}")
-        t = (adapt_channels(x, self.in_channels) - 0.5) * 2
+        k = support["support_x"].shape[0]
         pair = torch.cat([adapt_channels(support["support_x"], self.in_channels), support["support_y"]], 1)
-        s = ((pair - 0.5) * 2).unsqueeze(0)  # (1, K, C+1, H, W): the same support for every query
+        # the first level's support features are the same for every query: computed once per call
+        zs = self.encoder[0].cross_support(((pair - 0.5) * 2).contiguous(memory_format=torch.channels_last))
+        t = ((adapt_channels(x, self.in_channels) - 0.5) * 2).contiguous(memory_format=torch.channels_last)
+        # Each query carries K support feature maps through every level, so queries go in chunks of
+        # about PAIRS_PER_CHUNK (query, support) pairs: the features stay in cache (no effect on values).
+        step = max(1, PAIRS_PER_CHUNK // k)
+        return torch.cat([self.segment_chunk(t[i:i + step], zs, k) for i in range(0, t.shape[0], step)])
+
+    def segment_chunk(self, t: torch.Tensor, zs: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits of channels-last queries `t` given the first level's support features `zs` (K, C, H, W)."""
+        depth = len(self.channels) - 1
+        t, s = self.encoder[0].mix(t, zs, k)
         skips = []
         for level, block in enumerate(self.encoder):
-            t, s = block(t, s)
+            if level:
+                t, s = block(t, s, k)
             if level < depth:
                 skips.append((t, s))
-                t, s = _pool(t, s)
-        for block in self.decoder:
+                t, s = _pool(t), _pool(s)
+        for index, block in enumerate(self.decoder):
             skip_t, skip_s = skips.pop()
-            t, s = _up(t, s, skip_t.shape[-2:])
-            t, s = block(torch.cat([t, skip_t], 1), torch.cat([s, skip_s], 2))
+            size = skip_t.shape[-2:]
+            t, s = block(torch.cat([_up(t, size), skip_t], 1), torch.cat([_up(s, size), skip_s], 1), k,
+                         support_out=index < len(self.decoder) - 1)
         return self.head(t)
 
 
