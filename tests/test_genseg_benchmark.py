@@ -78,6 +78,14 @@ def test_data_ratio_of_a_curve_shifted_fourfold_in_n_is_four():
     assert top["n_real_only"] == "> 128" and top["n_genseg"] == "128" and top["ratio_real_only_to_genseg"] == "> 1.00"
 
 
+def test_shared_slope_ratio_of_parallel_lines_in_log_n():
+    ro = {8: 0.40, 32: 0.50, 128: 0.60}
+    gs = {n: d + 0.05 for n, d in ro.items()}  # half a step up: the same Dice with half the factor 4, i.e. 2x fewer
+    fit = bench.shared_slope_ratio({"real_only": ro, "genseg": gs})
+    assert math.isclose(fit["ratio"], 2.0) and math.isclose(fit["genseg_offset_points"], 5.0)
+    assert bench.shared_slope_ratio({"real_only": {8: 0.5, 32: 0.4}, "genseg": {8: 0.6, 32: 0.5}})["ratio"] is None
+
+
 def _row(method, dataset, seed, dice, n_real=40, domain="in", per_image=None):
     r = {"method": method, "dataset": dataset, "domain": domain, "n_real": n_real, "n_train": n_real - 8, "n_val": 8,
          "segmenter": "unet", "seed": seed, "dice_mean": dice, "dice_ci95": 0.01, "n_test": 3, "train_seconds": 1.0,
@@ -108,7 +116,7 @@ def test_report_pairs_by_seed_and_image_and_writes_the_issue_fields(tmp_path, mo
     img = by[(8, "real_only")]["image_paired"]
     assert math.isclose(img["mean"], 10.0) and img["n_images"] == 3 and math.isclose(img["ci95"], 0.0, abs_tol=1e-9)
     md = (out / "genseg.md").read_text()
-    assert "genseg − real_only = +5.0 (target +10): missed by 5.0 points" in md
+    assert "genseg − real_only = +5.0 (2 seeds; target +10): missed by 5.0 points" in md
     assert "## Data-efficiency curve" in md and doc["curve_ratios"]["busi"]["ratios"]
     assert (out / "genseg_curve.png").is_file() and (out / "genseg_dice.png").is_file()
     monkeypatch.setattr(sys, "argv", ["genseg", "report", "--rows", str(tmp_path / "missing.jsonl"), "--out", str(out)])
