@@ -143,11 +143,14 @@ def check_config(path: Path, config: dict) -> None:
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
-        theirs = json.loads(line)["config"]
-        diff = sorted(k for k in set(theirs) | set(config) if k not in RUN_INDEPENDENT and theirs.get(k) != config.get(k))
+        diff = config_diff(json.loads(line)["config"], config)
         if diff:
             raise SystemExit(f"--rows {path}: holds rows of another configuration ({', '.join(diff)} differ); "
                              "write these to another --rows file")
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if k not in RUN_INDEPENDENT and a.get(k) != b.get(k))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -209,11 +212,15 @@ def run(args: argparse.Namespace) -> None:
 
 JSON_FIELDS = ("method", "dataset", "domain", "n_real", "segmenter", "seed", "dice_mean", "dice_ci95")  # issue 13
 CURVE_ROWS = RESULTS / "genseg_curve_rows.jsonl"
+CURVE_SEED1_ROWS = RESULTS / "genseg_curve_seed1_rows.jsonl"
 SEGFORMER_ROWS = RESULTS / "genseg_segformer_rows.jsonl"
+DEFAULT_ROWS = (ROWS, CURVE_ROWS, CURVE_SEED1_ROWS, SEGFORMER_ROWS)
 RUN_COMMANDS = {  # how each rows file was made (with OMP_NUM_THREADS=1 nice -n 10)
     ROWS.name: "python -m benchmarks.genseg run",
     CURVE_ROWS.name: "python -m benchmarks.genseg run --seeds 0 --datasets isic2017 busi --methods real_only genseg "
                      "--n-real 8 100 all --rows benchmarks/results/genseg_curve_rows.jsonl",
+    CURVE_SEED1_ROWS.name: "python -m benchmarks.genseg run --seeds 1 --datasets isic2017 busi --methods real_only genseg "
+                           "--n-real 8 100 all --rows benchmarks/results/genseg_curve_seed1_rows.jsonl",
     SEGFORMER_ROWS.name: "python -m benchmarks.genseg run --seeds 0 --segmenter segformer --methods real_only genseg "
                          "--rows benchmarks/results/genseg_segformer_rows.jsonl",
 }
@@ -221,12 +228,19 @@ TARGETS = {"real_only": 10.0, "separate": 3.0}  # genseg must beat each by this 
 
 
 def read_rows(paths) -> list[dict]:
+    """The rows of every file, all of one configuration (the report groups by dataset, segmenter
+    and n_real only): a file of another is refused, naming it."""
     rows = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise SystemExit(f"--rows: no such file {path}")
-        rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        new = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        diff = sorted({k for r in new for k in config_diff(r["config"], (rows or new)[0]["config"])})
+        if diff:
+            raise SystemExit(f"--rows {path}: rows of another configuration than the other files ({', '.join(diff)} differ); "
+                             "report it on its own")
+        rows += new
     return rows
 
 
@@ -336,7 +350,7 @@ def _pm(t) -> str:
 def report(args: argparse.Namespace) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [Path(x) for x in args.rows] if args.rows else [p for p in (ROWS, CURVE_ROWS, SEGFORMER_ROWS) if p.is_file()]
+    paths = [Path(x) for x in args.rows] if args.rows else [p for p in DEFAULT_ROWS if p.is_file()]
     rows = read_rows(paths)
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
@@ -415,16 +429,26 @@ def report(args: argparse.Namespace) -> None:
 
 
 def _curve_section(rows: list[dict], lines: list[str]) -> dict:
-    """Dice vs n_real (seed 0, U-Net, in-domain) for real_only and genseg, the ratio table, the figure."""
-    curve: dict[str, dict[str, dict[int, float]]] = {}
+    """Dice vs n_real (U-Net, in-domain) for real_only and genseg, each point the mean over the
+    seeds that every point of its dataset ran; the ratio tables and the figure's data."""
+    runs: dict[str, dict[tuple, float]] = {}
     for r in rows:
-        if r["domain"] == "in" and r["segmenter"] == "unet" and r["seed"] == 0 and r["method"] in ("real_only", "genseg"):
-            curve.setdefault(r["dataset"], {}).setdefault(r["method"], {})[r["n_real"]] = r["dice_mean"]
-    curve = {ds: c for ds, c in curve.items() if len(c) == 2 and min(len(v) for v in c.values()) >= 2}
+        if r["domain"] == "in" and r["segmenter"] == "unet" and r["method"] in ("real_only", "genseg"):
+            runs.setdefault(r["dataset"], {})[(r["method"], r["n_real"], r["seed"])] = r["dice_mean"]
+    curve: dict[str, dict[str, dict[int, float]]] = {}
+    seeds_of: dict[str, list[int]] = {}
+    for ds, got in runs.items():
+        points = {(m, n) for m, n, _ in got}
+        seeds = sorted(set.intersection(*[{s for m, n, s in got if (m, n) == pt} for pt in points]))
+        c = {m: {n: float(np.mean([got[(m, n, s)] for s in seeds])) for mm, n in points if mm == m} for m in ("real_only", "genseg")}
+        if seeds and min(len(v) for v in c.values()) >= 2:
+            curve[ds], seeds_of[ds] = c, seeds
     if not curve:
         return {}
     out = {}
-    lines += ["", "## Data-efficiency curve (U-Net, seed 0, in-domain, the same test images at every n_real)", "",
+    lines += ["", "## Data-efficiency curve (U-Net, in-domain, the same test images at every n_real)", "",
+              "Each point: mean test Dice over the seeds that every point of the dataset ran (" +
+              "; ".join(f"{ds}: seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}" for ds, v in sorted(seeds_of.items())) + ").", "",
               "| dataset | n_real | real_only | genseg |", "|---|---|---|---|"]
     for ds, c in sorted(curve.items()):
         for n in sorted(set(c["real_only"]) | set(c["genseg"])):
@@ -435,11 +459,11 @@ def _curve_section(rows: list[dict], lines: list[str]) -> dict:
               "ratio = real_only's n / genseg's n (GenSeg's claim: 8–20).", "",
               "| dataset | Dice | level from | real_only needs | genseg needs | ratio |", "|---|---|---|---|---|---|"]
     for ds, c in sorted(curve.items()):
-        out[ds] = {"curve": {m: {str(n): v for n, v in sorted(c[m].items())} for m in c}, "ratios": data_ratios(c),
+        out[ds] = {"seeds": seeds_of[ds], "curve": {m: {str(n): v for n, v in sorted(c[m].items())} for m in c}, "ratios": data_ratios(c),
                    "shared_slope": shared_slope_ratio(c)}
         lines += [f"| {ds} | {x['dice']:.1f} | {x['from']} | {x['n_real_only']} | {x['n_genseg']} | {x['ratio_real_only_to_genseg']} |"
                   for x in out[ds]["ratios"]]
-    lines += ["", "One seed per point, and a seed moves a run's Dice by several points (the protocol rows' "
+    lines += ["", "Few seeds per point, and a seed moves a run's Dice by several points (the protocol rows' "
               "intervals above), so where a curve is flat or dips a difference of a fraction of a point decides "
               "a `>` bound. A steadier summary: one straight line per method in ln n_real with a shared "
               "slope (least squares); genseg's offset over real_only divided by the slope gives the ratio "
@@ -525,8 +549,8 @@ def main() -> None:
     r.add_argument("--data", default=str(DATA))
     q = sub.add_parser("report")
     q.add_argument("--protocol", default="")
-    q.add_argument("--rows", nargs="+", help="JSONL row files (default: results/genseg_rows.jsonl and, where they "
-                   "exist, genseg_curve_rows.jsonl and genseg_segformer_rows.jsonl)")
+    q.add_argument("--rows", nargs="+", help="JSONL row files (default: those of DEFAULT_ROWS that exist: results/genseg_rows.jsonl, "
+                   "genseg_curve_rows.jsonl, genseg_curve_seed1_rows.jsonl, genseg_segformer_rows.jsonl)")
     q.add_argument("--out", default=str(RESULTS), help="folder for genseg.{json,md} and the figures")
     args = p.parse_args()
     run(args) if args.cmd == "run" else report(args)

@@ -118,7 +118,13 @@ def test_report_pairs_by_seed_and_image_and_writes_the_issue_fields(tmp_path, mo
     md = (out / "genseg.md").read_text()
     assert "genseg − real_only = +5.0 (2 seeds; target +10): missed by 5.0 points" in md
     assert "## Data-efficiency curve" in md and doc["curve_ratios"]["busi"]["ratios"]
+    assert doc["curve_ratios"]["busi"]["seeds"] == [0]  # the only seed every curve point ran
     assert (out / "genseg_curve.png").is_file() and (out / "genseg_dice.png").is_file()
+    other = dict(main_rows[0], config={**main_rows[0]["config"], "steps": 2})
+    (tmp_path / "c.jsonl").write_text(json.dumps(other) + "\n")
+    monkeypatch.setattr(sys, "argv", ["genseg", "report", "--rows", *files, str(tmp_path / "c.jsonl"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="c.jsonl: rows of another configuration than the other files \\(steps differ\\)"):
+        bench.main()
     monkeypatch.setattr(sys, "argv", ["genseg", "report", "--rows", str(tmp_path / "missing.jsonl"), "--out", str(out)])
     with pytest.raises(SystemExit, match="--rows: no such file"):
         bench.main()
