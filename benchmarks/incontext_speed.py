@@ -3,9 +3,11 @@ in-context learners (no gradient step) against fine-tuning and meta-learned adap
 
     python -m benchmarks.incontext_speed --config benchmarks/fewshot_incontext.yaml benchmarks/fewshot_medsam.yaml
 
-For each method (upper bounds excluded), `--episodes` K=`--shots` episodes of the first target,
+For each method (upper bounds excluded) and each K in `--shots`, `--episodes` K-shot episodes of the first target,
 one torch thread, each variant timed on its own: (adaptation + prediction of the episode's
-queries) / number of queries. A meta-trained method is timed with its checkpoint from the
+queries) / number of queries, as wall time (`seconds_per_image`) and as the process's CPU time
+(`cpu_seconds_per_image`: with one thread, the compute itself, much less sensitive to a shared
+machine's load than the wall time). A meta-trained method is timed with its checkpoint from the
 benchmark's work_dir when it is on this machine, else with its untrained network (the cost of
 adaptation does not depend on the weights' values); `weights` in the output says which. The
 first episode of each method also fills the embedding cache where it is cold, so it is a warm-up
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,15 +48,18 @@ def time_method(cfg: dict[str, Any], method: str, task: Any, shots: int, episode
     variants = {"": {}, **(((cfg["methods"][method] or {}).get("variants")) or {})}
     rows = []
     for suffix, overrides in variants.items():
+        cpu_at: list[float] = []  # process CPU time after each episode (one thread: the compute, whatever the load)
         results = evaluate_method(model, learner, [task], [shots], episodes + 1, seed=int(cfg["seed"]),
                                   steps=int(adaptation(cfg, method)["steps"]),
                                   queries=int(cfg["evaluation"].get("queries", 15)), method=method, device="cpu",
-                                  variants={suffix: overrides})[1:]  # the first episode warms caches up
-        seconds = sum(r.seconds for r in results) / sum(len(r.dice_per_image) for r in results)
+                                  variants={suffix: overrides}, progress=lambda _: cpu_at.append(time.process_time()))
+        results = results[1:]  # the first episode warms caches up
+        images = sum(len(r.dice_per_image) for r in results)
+        seconds, cpu = sum(r.seconds for r in results) / images, (cpu_at[-1] - cpu_at[0]) / images
         rows.append({"method": method + suffix, "target": task.name, "shots": shots, "episodes": len(results),
                      "adaptation_steps": int(adaptation(cfg, method)["steps"]), "weights": weights,
-                     "seconds_per_image": round(seconds, 4)})
-        print(f"{method + suffix}: {seconds:.3f} s per adapted image ({weights})", flush=True)
+                     "seconds_per_image": round(seconds, 4), "cpu_seconds_per_image": round(cpu, 4)})
+        print(f"{method + suffix}, K={shots}: {seconds:.3f} s per adapted image, {cpu:.3f} s of CPU ({weights})", flush=True)
     return rows
 
 
@@ -61,12 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.incontext_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="+", default=["benchmarks/fewshot_incontext.yaml", "benchmarks/fewshot_medsam.yaml"])
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all)")
-    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--shots", type=int, nargs="+", default=[5], help="support sizes K, each timed on its own")
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/incontext_speed.json")
     args = parser.parse_args(argv)
     try:
         torch.set_num_threads(1)
+        load_start = [round(v, 2) for v in os.getloadavg()]  # the machine is shared: say how busy it was
         rows = []
         for path in args.config:
             cfg = load_config(path)
@@ -75,9 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for method, mcfg in cfg["methods"].items():
                 if (mcfg or {}).get("upper_bound") or (args.methods and method not in args.methods):
                     continue
-                rows += [dict(r, config=path) for r in time_method(cfg, method, task, args.shots, args.episodes)]
+                for shots in args.shots:
+                    rows += [dict(r, config=path) for r in time_method(cfg, method, task, shots, args.episodes)]
         doc = {"command": "python -m benchmarks.incontext_speed " + " ".join(sys.argv[1:] if argv is None else argv),
-               "environment": environment("cpu"), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+               "environment": environment("cpu"), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "load_average_at_start": load_start, "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+               "rows": rows}
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.out}")
     except MetasegError as exc:
