@@ -73,14 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(BENCHMARK), choices=list(BENCHMARK))
     parser.add_argument("--n", nargs="+", type=int, default=[5, 50])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (which N images keep their masks, init)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the fixed split (as benchmarks.sam_mix)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=150)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     for dataset in args.datasets:
-        data = split(dataset, size=args.size, seed=args.seed, caps=CAPS)
+        data = split(dataset, size=args.size, seed=args.split_seed, caps=CAPS)
         for n in args.n:
             for name, spec in VARIANTS.items():
                 rows.append(evaluate(dataset, data, n, name, spec, args))
