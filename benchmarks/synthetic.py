@@ -67,6 +67,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="/tmp/metaseg-synthetic-bench", help="generator runs, sample folders, audits (resumable)")
     p.add_argument("--rows", default=str(ROWS), help="the appended rows file (one JSON line per finished key)")
     p.add_argument("--out", default="benchmarks/results/synthetic", help="writes OUT.json, OUT.md and figures in OUT/")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: generators, sampling and segmenters (not part of the row key)")
     p.add_argument("--report", action="store_true", help="only regenerate OUT.json / OUT.md from --rows")
     return p.parse_args(argv)
 
@@ -164,7 +165,10 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     from metaseg.generative.segmenters import dice_per_image, fit_segmenter
     from metaseg.generative.trainer import RunConfig, read_synth_checkpoint, train
 
+    from metaseg.generative.trainer import pick_device
+
     torch.set_num_threads(1)
+    device = pick_device(args.device)
     root = Path(args.dataset)
     if not root.is_dir():
         root = resolve_data_root(required=True) / args.dataset
@@ -175,7 +179,7 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     sizes = training_sizes(args.n_train, n_split, args.cap)
     work, figures = Path(args.work) / name, Path(args.out)
     figures.mkdir(parents=True, exist_ok=True)
-    base = {"dataset": name, "seed": args.seed, "image_size": args.size, "segmenter_steps": args.seg_steps,
+    base = {"dataset": name, "seed": args.seed, "device": device, "image_size": args.size, "segmenter_steps": args.seg_steps,
             "reader_options": options, "n_train_split": n_split, "cap": args.cap}
     for n in sizes:
         split = split_by_hash(task.hashes, 0.2, n, args.seed)
@@ -184,8 +188,8 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
             if (name, "real", n, seg, args.seed) in done_keys(args.rows):
                 continue
             t0 = time.perf_counter()
-            model = fit_segmenter(seg, task.images[split.train], task.masks[split.train], args.seg_steps, seed=args.seed)
-            scores = dice_per_image(model, test_x, test_y)
+            model = fit_segmenter(seg, task.images[split.train], task.masks[split.train], args.seg_steps, seed=args.seed, device=device)
+            scores = dice_per_image(model, test_x, test_y, device=device)
             row = {**base, "generator": "real", "n_generator_train": n, "segmenter": seg, "n_segmenter_train": n,
                    "n_test": len(split.heldout), "dice": round(float(scores.mean()), 4),
                    "dice_per_image": [round(float(v), 4) for v in scores], "segmenter_s": round(time.perf_counter() - t0, 1)}
@@ -205,7 +209,7 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
             run = work / f"{gen}_n{n}_s{args.seed}"
             timing: dict[str, float] = {}
             t0 = time.perf_counter()
-            ckpt = train(config, run / "run", steps, save_every=50, log_every=50, echo=log)
+            ckpt = train(config, run / "run", steps, save_every=50, log_every=50, echo=log, device=device)
             timing["generator_train_s"] = round(time.perf_counter() - t0, 1)
             step = int(read_synth_checkpoint(ckpt)["step"])
             sample_opts = {"steps": args.sample_steps} if diffusion else {}
@@ -218,7 +222,7 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
             t0 = time.perf_counter()
             if not _reuse_or_remove(samples, finished):
                 shutil.rmtree(audit_dir, ignore_errors=True)
-                sample_to_folder(ckpt, n_synth, samples, seed=args.seed, echo=lambda _: None, **sample_opts)
+                sample_to_folder(ckpt, n_synth, samples, seed=args.seed, echo=lambda _: None, device=device, **sample_opts)
             timing["sample_s"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
             if not _reuse_or_remove(audit_dir, lambda f: (f / "audit.json").is_file()):
@@ -234,8 +238,8 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
                 if (name, gen, n, seg, args.seed) in done_keys(args.rows):
                     continue
                 t0 = time.perf_counter()
-                model = fit_segmenter(seg, synth.images, synth.masks, args.seg_steps, seed=args.seed)
-                scores = dice_per_image(model, test_x, test_y)
+                model = fit_segmenter(seg, synth.images, synth.masks, args.seg_steps, seed=args.seed, device=device)
+                scores = dice_per_image(model, test_x, test_y, device=device)
                 row = {**base, "generator": gen, "n_generator_train": n, "segmenter": seg, "n_segmenter_train": len(synth),
                        "n_synthetic": len(synth), "n_test": len(split.heldout), "generator_steps": step,
                        "generator_settings": {"width": config.width, "lr": config.lr, "batch_size": config.batch_size,

@@ -33,22 +33,23 @@ SEGMENTERS: dict[str, Callable[[int], nn.Module]] = {"unet": _unet, "segformer":
 
 
 def fit_segmenter(name: str, images: np.ndarray, masks: np.ndarray, steps: int = 200, batch_size: int = 16,
-                  lr: float = 1e-3, seed: int = 0) -> nn.Module:
-    """Adam on BCE + soft Dice over seeded minibatches of uint8 images (N, C, H, W) / {0,1} masks (N, H, W)."""
+                  lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """Adam on BCE + soft Dice over seeded minibatches of uint8 images (N, C, H, W) / {0,1} masks (N, H, W),
+    on `device` (the minibatch draws are on the CPU generator: the same rows on every device)."""
     from metaseg.losses import bce_dice_loss
 
     if name not in SEGMENTERS:
         raise MetasegError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
     torch.manual_seed(seed)
     with torch.enable_grad():  # the U-Net factory runs a probe backward pass
-        model = SEGMENTERS[name](int(images.shape[1]))
-    x = torch.from_numpy(images).float().div(255.0)
-    y = torch.from_numpy(masks).float().unsqueeze(1)
+        model = SEGMENTERS[name](int(images.shape[1])).to(device)
+    x = torch.from_numpy(images).float().div(255.0).to(device)
+    y = torch.from_numpy(masks).float().unsqueeze(1).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
-        rows = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
+        rows = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen).to(device)
         loss = bce_dice_loss(model(x[rows]), y[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
