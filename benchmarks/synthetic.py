@@ -53,7 +53,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segmenters", nargs="+", default=["unet", "segformer"])
     p.add_argument("--gan-steps", type=int, default=300)
     p.add_argument("--gan-width", type=int, default=32)
-    p.add_argument("--diffusion-steps", type=int, default=1000)
+    p.add_argument("--diffusion-steps", type=int, default=250)
     p.add_argument("--diffusion-width", type=int, default=16)
     p.add_argument("--diffusion-lr", type=float, default=2e-3)
     p.add_argument("--prediction", default="v_prediction", help="diffusion target: epsilon, v_prediction or sample")
@@ -278,9 +278,9 @@ def joined_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "dice_real_ci95": round(cr, 4), "dice_ratio": round(ms / mr, 4) if mr > 0 else None,
                     "dice_difference": round(md, 4), "dice_difference_ci95": round(cd, 4),
                     "real_segmenter_s": real.get("segmenter_s")})
-    order = {"gan": 0, "diffusion": 1}
+    order = {"gan": 0, "diffusion": 1, "unet": 0, "segformer": 1}
     return sorted(out, key=lambda r: (r["dataset"], r["n_generator_train"], order.get(r["generator"], 9), r["generator"],
-                                      r["segmenter"], r["seed"]))
+                                      order.get(r["segmenter"], 9), r["segmenter"], r["seed"]))
 
 
 def report(rows_path: str | Path, out: str | Path) -> dict[str, Any]:
