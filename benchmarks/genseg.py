@@ -246,26 +246,24 @@ def read_rows(paths) -> list[dict]:
 
 def seed_paired(a: list[dict], b: list[dict]) -> tuple[float, float, int]:
     """Mean and 95% CI (points) of dice_mean(a) - dice_mean(b) over the seeds both ran."""
-    from metaseg.metrics import mean_ci95
+    from metaseg.metrics import paired_ci95
 
     by_b = {r["seed"]: r["dice_mean"] for r in b}
-    diffs = [100 * (r["dice_mean"] - by_b[r["seed"]]) for r in a if r["seed"] in by_b]
-    if not diffs:
-        return float("nan"), float("nan"), 0
-    return (*mean_ci95(diffs), len(diffs))
+    both = [r for r in a if r["seed"] in by_b]
+    return paired_ci95([100 * r["dice_mean"] for r in both], [100 * by_b[r["seed"]] for r in both])
 
 
 def image_paired(a: list[dict], b: list[dict]) -> tuple[float, float, int] | None:
     """Mean and 95% CI (points) over test images of (seed-averaged Dice(a) - Dice(b)) per image,
     over the seeds both ran; None unless every such row kept its per-image scores."""
-    from metaseg.metrics import mean_ci95
+    from metaseg.metrics import paired_ci95
 
     by_b = {r["seed"]: r for r in b}
     pairs = [(r, by_b[r["seed"]]) for r in a if r["seed"] in by_b]
     if not pairs or any("dice_per_image" not in x or "dice_per_image" not in y for x, y in pairs):
         return None
-    diffs = np.mean([np.subtract(x["dice_per_image"], y["dice_per_image"]) for x, y in pairs], axis=0) * 100
-    return (*mean_ci95(diffs.tolist()), int(len(diffs)))
+    seed_mean = lambda side: np.mean([p[side]["dice_per_image"] for p in pairs], axis=0) * 100  # noqa: E731
+    return paired_ci95(seed_mean(0), seed_mean(1))
 
 
 def n_for_dice(ns: list[int], dice: list[float], target: float) -> tuple[str, float]:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from metaseg.metrics import mean_ci95
+from metaseg.metrics import mean_ci95, paired_ci95
 
 IN_CONTEXT = ("incontext_sam", "incontext_sam_ens", "incontext_unet", "incontext_unet_ens")
 GRADIENT_ON_BASE = ("medsam_lite_finetune", "medsam_lite_fomaml", "medsam_lite_imaml",
@@ -41,7 +41,7 @@ def cell(values: list[float]) -> str:
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
     n = min(len(a), len(b))
-    mean, ci = mean_ci95([x - y for x, y in zip(a[:n], b[:n])])
+    mean, ci, n = paired_ci95(a[:n], b[:n])
     return 100 * mean, 100 * ci, n
 
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(result, indent=1) + "\n")
-    from metaseg.metrics import mean_ci95
+    from metaseg.metrics import paired_ci95
 
     for name in args.learners:
         ref = rows[f"{name}: trained fp32, evaluated fp32"]
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["dice_minus_fp32_points"] = round(100 * (r["dice"] - ref["dice"]), 2)
                 # paired over the same episodes (the sampler is seeded per episode index): the
                 # interval that says whether bf16 is within a point, which the two unpaired CIs cannot
-                diff = [100 * (a - b) for a, b in zip(r["episode_dice"], ref["episode_dice"])]
-                r["dice_minus_fp32_paired_ci95"] = round(mean_ci95(diff)[1], 2) if k != f"{name}: trained fp32, evaluated fp32" else 0.0
+                ci = paired_ci95(r["episode_dice"], ref["episode_dice"])[1]
+                r["dice_minus_fp32_paired_ci95"] = round(100 * ci, 2)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from metaseg.metrics import mean_ci95
+from metaseg.metrics import mean_ci95, paired_ci95
 
 TARGET_GAIN_OVER_SCRATCH = 0.15  # issue 5: iMAML 5-shot Dice >= scratch + 15 points, and > transfer
 TARGET_DATASETS = ("Kvasir-SEG", "CVC-ClinicDB")
@@ -44,11 +44,9 @@ def ordered(values: Sequence[str]) -> list[str]:
 
 def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, int]:
     """Mean and 95% CI of per-episode Dice(a) - Dice(b) over the episodes both were scored on."""
-    diffs = [x - y for x, y in zip(a.get("episode_dice") or [], b.get("episode_dice") or [])]
-    if not diffs:
-        return float("nan"), float("nan"), 0
-    mean, ci = mean_ci95(diffs)
-    return mean, ci, len(diffs)
+    x, y = a.get("episode_dice") or [], b.get("episode_dice") or []
+    n = min(len(x), len(y))
+    return paired_ci95(x[:n], y[:n])
 
 
 def pm(mean: float, ci: float, scale: float = 100.0) -> str:

@@ -261,7 +261,7 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 def joined_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Synthetic rows with their real reference (same dataset, n, segmenter, seed, test images):
     the issue's fields plus mean ± 95 % CI and the paired per-image difference."""
-    from metaseg.metrics import mean_ci95
+    from metaseg.metrics import mean_ci95, paired_ci95
 
     latest = {key_of(r): r for r in rows}  # a key written twice: the later row wins
     out = []
@@ -272,7 +272,7 @@ def joined_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if real is None or len(real["dice_per_image"]) != len(r["dice_per_image"]):
             continue
         syn, ref = np.asarray(r["dice_per_image"]), np.asarray(real["dice_per_image"])
-        (ms, cs), (mr, cr), (md, cd) = mean_ci95(syn), mean_ci95(ref), mean_ci95(syn - ref)
+        (ms, cs), (mr, cr), (md, cd, _) = mean_ci95(syn), mean_ci95(ref), paired_ci95(syn, ref)
         keep = {k: v for k, v in r.items() if k not in ("dice", "dice_per_image")}
         out.append({**keep, "dice_synthetic": round(ms, 4), "dice_synthetic_ci95": round(cs, 4), "dice_real": round(mr, 4),
                     "dice_real_ci95": round(cr, 4), "dice_ratio": round(ms / mr, 4) if mr > 0 else None,

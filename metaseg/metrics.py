@@ -39,6 +39,16 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, arr.size - 1) * sem)
 
 
+def paired_ci95(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, int]:
+    """Mean and 95% t-interval half-width of a[i] - b[i] over aligned pairs (same image, episode or
+    seed on both sides), and the number of pairs; (nan, nan, 0) for none. Unequal lengths are an
+    error rather than a silent truncation: a caller that compares over a common prefix cuts it."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_ci95: {len(a)} values against {len(b)}; pairs must be aligned")
+    mean, ci = mean_ci95(np.subtract(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)).tolist())
+    return mean, ci, len(a)
+
+
 MIN_CI_IMAGES = 5  # below this many per-image scores a t-interval is too wide to mean anything
 
 
