@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.sam_mix_data import BENCHMARK, CAPS, labelled_subset, split
 from metaseg.losses import bce_dice_loss
-from metaseg.metrics import dice_iou_per_image, mean_ci95
+from metaseg.metrics import dice_iou_per_image, mean_ci95, paired_ci95
 
 DEFAULT_RESULTS = Path(__file__).parent / "results"
 RESULTS = DEFAULT_RESULTS  # set by --out
@@ -209,8 +209,7 @@ def paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[float, float, list[i
     """Mean and 95% CI (points) of the per-image Dice difference a - b on the same test images, each
     image's difference averaged over the seeds both have; those seeds and each one's mean difference."""
     seeds = sorted(set(a) & set(b))
-    diff = seed_mean(a, seeds) - seed_mean(b, seeds)
-    mean, ci = mean_ci95(diff)
+    mean, ci, _ = paired_ci95(seed_mean(a, seeds), seed_mean(b, seeds))
     per_seed = [100 * float(np.mean(np.subtract(a[s]["dice_present"], b[s]["dice_present"]))) for s in seeds]
     return 100 * mean, 100 * ci, seeds, per_seed
 
