@@ -50,13 +50,6 @@ def split_sizes(n_real: int) -> tuple[int, int]:
     return n_real - n_val, n_val
 
 
-def _concat(tasks):
-    from metaseg.jobs.genseg import Pairs
-
-    return Pairs(np.concatenate([t.images for t in tasks]), np.concatenate([t.masks for t in tasks]),
-                 sum((list(t.ids) for t in tasks), []))
-
-
 def load(name: str, size: int, cap: int, data: Path) -> dict:
     """The dataset's test (in-domain) Pairs, its real-pair `pool` (Pairs in the order training
     takes them) and, where there is one, ood (out-of-domain) Pairs."""
