@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import _rows
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 ROWS = RESULTS / "genseg_rows.jsonl"
@@ -91,14 +93,7 @@ def load(name: str, size: int, cap: int, data: Path) -> dict:
 
 
 def done_keys(path: Path = ROWS) -> set[tuple]:
-    if not path.is_file():
-        return set()
-    keys = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            keys.add((r["method"], r["dataset"], r["seed"], r["segmenter"], r["n_real"]))
-    return keys
+    return {(r["method"], r["dataset"], r["seed"], r["segmenter"], r["n_real"]) for r in _rows.read_rows(path)}
 
 
 def resolve_n_real(value: str, name: str, pool: int, all_cap: int) -> int:
@@ -196,9 +191,8 @@ def run(args: argparse.Namespace) -> None:
                     if (method == "genseg" and seed == args.seeds[0] and n_real == N_REAL[name]
                             and args.segmenter == "unet" and rows_path == ROWS):
                         sample_figure(r, RESULTS / f"genseg_samples_{name}.png")
-                    with rows_path.open("a") as f:
-                        for row in rows:
-                            f.write(json.dumps(row) + "\n")
+                    for row in rows:
+                        _rows.append_row(rows_path, row)
                     print(f"{name} n_real {n_real} {method} seed {seed}: "
                           + ", ".join(f"{x['domain']} {x['dice_mean']:.3f}" for x in rows) + f" ({seconds:.0f} s)", flush=True)
 
@@ -228,7 +222,7 @@ def read_rows(paths) -> list[dict]:
         path = Path(path)
         if not path.is_file():
             raise SystemExit(f"--rows: no such file {path}")
-        new = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        new = _rows.read_rows(path)
         diff = sorted({k for r in new for k in config_diff(r["config"], (rows or new)[0]["config"])})
         if diff:
             raise SystemExit(f"--rows {path}: rows of another configuration than the other files ({', '.join(diff)} differ); "

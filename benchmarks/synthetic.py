@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from benchmarks._rows import append_row, read_rows, write_atomic
 
 # Reader options per dataset: the study needs ONE binary mask. MSD Task04 labels the hippocampus
 # head 1 and body+tail 2; the MSD reader's default (label 1) would keep the head only, so the two
@@ -75,47 +75,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- rows file
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Every row of the rows file; a torn last line (a kill during a write) is ignored."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
-
-
 def key_of(row: dict[str, Any]) -> tuple:
     return tuple(row[k] for k in KEY)
 
 
 def done_keys(path: str | Path) -> set[tuple]:
     return {key_of(r) for r in read_rows(path)}
-
-
-def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """One line in one write (O_APPEND), so invocations running side by side do not interleave; after a
-    torn last line (a kill mid-write) the row starts on a new line, so only the torn one is lost."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torn = False
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-    with path.open("a") as f:
-        f.write(("\n" if torn else "") + json.dumps(row) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- the study
