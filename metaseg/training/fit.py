@@ -202,6 +202,27 @@ def _help_formatter() -> type:
 
 
 def fit_and_test(cli: Any) -> dict[str, Any]:
+    try:
+        return _fit_and_test(cli)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Lightning's DDP leaves the gloo process group open; torch's threads for it are then torn
+    down at interpreter exit, which now and then aborts a process ("terminate called without an
+    active exception", exit -6) after a run that succeeded. Closing it here, after a barrier so no
+    process leaves while another still talks, ends every process cleanly."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def _fit_and_test(cli: Any) -> dict[str, Any]:
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     callback = trainer.checkpoint_callback
