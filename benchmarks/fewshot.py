@@ -456,11 +456,28 @@ def environment(device: str) -> dict[str, Any]:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(cfg: dict[str, Any], device: str) -> None:
+def _start_worker(cfg: dict[str, Any], device: str, parent: int | None = None) -> None:
     """Process-pool initialiser: thread count and the datasets, once per worker process."""
+    if parent is not None:
+        die_with_parent(parent)
     _set_threads(cfg, device)
     _quiet_warnings()
     _WORKER.update(cfg=cfg, device=device, tasks=load_tasks(cfg, echo=lambda _: None))
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel end this worker when the benchmark process dies (Linux PR_SET_PDEATHSIG).
+    Without it a killed `make benchmark --jobs 2` left its workers training on, and a resumed run
+    then wrote the same part's checkpoints from two processes at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent was already gone before the request took effect
+        os._exit(1)
 
 
 def _worker_part(method: str, target: str, work_dir: str) -> dict[str, Any]:
@@ -519,7 +536,8 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(cfg, device)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                 initargs=(cfg, device, os.getpid())) as pool:
             futures = [pool.submit(_worker_part, m, t, str(work_dir)) for m, t in pending]
             parts = [f.result() for f in futures]
     computed = sum(not p.get("resumed") for p in parts)
