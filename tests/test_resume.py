@@ -171,3 +171,33 @@ def test_killed_benchmark_part_resumes_from_its_last_checkpoint(tmp_path: Path) 
         torch.testing.assert_close(b[name], value, rtol=1e-5, atol=1e-6, msg=name)
     for x, y in zip(straight["rows"], resumed["rows"], strict=True):
         assert x["dice_mean"] == pytest.approx(y["dice_mean"], abs=1e-6) and x["shots"] == y["shots"]
+
+
+def lrs(log_dir: str) -> dict[int, float]:
+    return {int(r["step"]): float(r["lr"]) for r in read_metrics(log_dir) if r.get("lr")}
+
+
+# 4 meta-steps per epoch, validation at every epoch end, resume point every 2 steps
+EXTEND = ("--trainer.val_check_interval", "4", "--data.train_episodes_per_epoch", "8", "--checkpoint.every_n_train_steps", "2",
+          "--checkpoint.every_minutes", "0", "--run_test", "false")
+
+
+def test_a_finished_run_extends_exactly_when_the_schedule_horizon_is_fixed(tmp_path: Path) -> None:
+    """lr_schedule_steps fixes the cosine horizon: a run of 4 steps extended to 8 (resumed with a
+    larger max_steps) ends with the weights and lrs of one run of 8; tied to max_steps (the
+    default), the short run's lr decays towards 0 at its own end instead."""
+    straight = run_tiny(tmp_path, "--trainer.max_steps", "8", "--model.lr_schedule_steps", "8", *EXTEND, name="straight")
+    short = run_tiny(tmp_path, "--trainer.max_steps", "4", "--model.lr_schedule_steps", "8", *EXTEND, name="short")
+    assert step_of(short["last"]) == 4
+    extended = run_tiny(tmp_path, "--trainer.max_steps", "8", "--model.lr_schedule_steps", "8", *EXTEND,
+                        "--ckpt_path", str(short["last"]), name="short")
+    assert_same_run(straight, extended, restarted_at=4)
+    assert lrs(extended["log_dir"]) == pytest.approx({s: v for s, v in lrs(straight["log_dir"]).items() if s >= 4})
+    tied = run_tiny(tmp_path, "--trainer.max_steps", "4", *EXTEND, name="tied")
+    assert lrs(tied["log_dir"])[3] < 0.5 * lrs(straight["log_dir"])[3]  # cos horizon 4, not 8
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "2.5"])
+def test_bad_schedule_horizon_is_refused_in_one_line(tmp_path: Path, value: str) -> None:
+    with pytest.raises(MetasegError, match="model.lr_schedule_steps"):
+        run_tiny(tmp_path, "--model.lr_schedule_steps", value)

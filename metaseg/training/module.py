@@ -77,6 +77,7 @@ class MetaSegModule(pl.LightningModule):
         warmup_steps: int = 0,
         grad_clip: float | None = None,
         val_adapt_steps: int | None = None,
+        lr_schedule_steps: int | None = None,
     ) -> None:
         super().__init__()
         from metaseg.registry import LEARNER_REGISTRY, MODEL_REGISTRY
@@ -86,6 +87,10 @@ class MetaSegModule(pl.LightningModule):
             raise MetasegError(f"model.outer_optimizer: unknown {outer_optimizer!r}; known: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
             raise MetasegError(f"model.lr_schedule: unknown {lr_schedule!r}; known: {list(SCHEDULES)}")
+        if lr_schedule_steps is not None and (isinstance(lr_schedule_steps, bool) or not isinstance(lr_schedule_steps, int)
+                                              or lr_schedule_steps < 1):
+            raise MetasegError(f"model.lr_schedule_steps must be a positive integer (or null: trainer.max_steps), "
+                               f"got {lr_schedule_steps!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         with torch.enable_grad():  # the U-Net factory runs a probe backward pass; callers may be in no_grad
@@ -116,6 +121,14 @@ class MetaSegModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _total_steps(self) -> int:
+        """The cosine schedule's horizon: `lr_schedule_steps` when set, else the run's length.
+
+        With the horizon tied to trainer.max_steps, a finished run ends at lr 0 and resuming it
+        with a larger max_steps jumps the lr back up (the horizon is recomputed from the new
+        max_steps); a fixed `lr_schedule_steps` makes the lr a function of the global step alone,
+        so a run stopped at step n and resumed to step m follows the same lr as one run to m."""
+        if self.hparams.get("lr_schedule_steps"):
+            return int(self.hparams.lr_schedule_steps)
         trainer = self._trainer
         if trainer is None:
             return 0
