@@ -34,6 +34,8 @@ from metaseg.models.unet import adapt_channels
 Support = dict[str, torch.Tensor]
 _EPS = 1e-4
 PAIRS_PER_CHUNK = 32  # (query, support member) pairs an incontext_unet pass carries at once (cache, not values)
+INITS = ("kaiming", "torch")
+LEAKY_SLOPE = 0.1
 
 
 def support_order(support_x: torch.Tensor, support_y: torch.Tensor) -> list[int]:
@@ -119,7 +121,7 @@ class CrossBlock(nn.Module):
         self.cross_support = nn.Conv2d(support_in, channels, 3, padding=1, bias=False)  # its support part
         self.target_conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.support_conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.act = nn.LeakyReLU(0.1, inplace=True)  # each input is a fresh sum/convolution output
+        self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)  # each input is a fresh sum/convolution output
 
     def forward(self, t: torch.Tensor, s: torch.Tensor, k: int,
                 support_out: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,10 +147,20 @@ def _up(v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class InContextUNet(InContextModel):
-    """CrossBlock U-Net: `len(channels)` encoder levels, one fewer decoder levels, 1x1 head."""
+    """CrossBlock U-Net: `len(channels)` encoder levels, one fewer decoder levels, 1x1 head.
 
-    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (64, 64, 64, 64)):
+    init="kaiming" (UniverSeg's): Kaiming-normal weights for the LeakyReLU and zero biases, so
+    that, with no normalisation layer, features keep unit scale through the 13 convolutions of
+    the deepest path. "torch" (PyTorch's default, what the first benchmark rows used) shrinks the
+    second moment about 6x per convolution + activation: at initialisation the features after the
+    first block are mostly the biases and the logits hardly depend on the images or the masks
+    (`tests/test_incontext.py`)."""
+
+    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (64, 64, 64, 64), init: str = "torch"):
         super().__init__()
+        if init not in INITS:
+            raise MetasegError(f"model.init must be one of {list(INITS)} for incontext_unet, got {init!r}")
+        self.init = init
         self.in_channels, self.channels = in_channels, tuple(channels)
         self.encoder = nn.ModuleList()
         t_in, s_in = in_channels, in_channels + 1
@@ -160,6 +172,12 @@ class InContextUNet(InContextModel):
             self.decoder.append(CrossBlock(t_in + skip, s_in + skip, skip))
             t_in = s_in = skip
         self.head = nn.Conv2d(t_in, 1, 1)
+        if init == "kaiming":
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d) and module is not self.head:
+                    nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     def segment_once(self, x: torch.Tensor, support: Support) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -198,11 +216,12 @@ class InContextUNet(InContextModel):
 
 
 def create_incontext_unet(in_channels: int = 3, channels: int | list[int] = 64, levels: int = 4,
-                          ensemble: int = 0, ensemble_size: int = 0) -> InContextUNet:
+                          ensemble: int = 0, ensemble_size: int = 0, init: str = "torch") -> InContextUNet:
     """UniverSeg-style in-context U-Net (random init; meta-train it with `learner: {name: incontext}`).
 
     in_channels: 1 (grayscale) or 3 (RGB); channels: width of every level (or one width per
-    level); levels: encoder levels (decoder: levels - 1); ensemble / ensemble_size: see InContextModel.
+    level); levels: encoder levels (decoder: levels - 1); ensemble / ensemble_size: see
+    InContextModel; init: "kaiming" (UniverSeg's) or "torch" (PyTorch's default), see InContextUNet.
     """
     if in_channels not in (1, 3):
         raise MetasegError(f"model.in_channels must be 1 or 3 for incontext_unet, got {in_channels!r}")
@@ -210,7 +229,7 @@ def create_incontext_unet(in_channels: int = 3, channels: int | list[int] = 64, 
     if len(widths) != int(levels) or int(levels) < 2 or any(not isinstance(c, int) or c < 1 for c in widths):
         raise MetasegError(f"model.channels must be one positive width or one per level (levels={levels}), got {channels!r}")
     check_ensemble(ensemble, ensemble_size)
-    model = InContextUNet(in_channels, tuple(widths))
+    model = InContextUNet(in_channels, tuple(widths), init)
     model.ensemble, model.ensemble_size = ensemble, ensemble_size
     return model
 
