@@ -206,6 +206,27 @@ def test_default_unet_is_universeg_sized_with_four_encoder_and_three_decoder_lev
             create_model("incontext_unet", **options)
 
 
+def test_kaiming_init_keeps_the_signal_that_the_torch_default_loses():
+    """With no normalisation layer, PyTorch's default init shrinks the features ~6x per convolution:
+    at init the deepest features are mostly biases and the logits hardly react to the query or the
+    support masks. UniverSeg's Kaiming init keeps unit-order features and mask-dependent logits."""
+    x, y = blobs(6, UNET_SIZE, seed=3)
+    spread = {}
+    for init in ("torch", "kaiming"):
+        torch.manual_seed(0)
+        model = create_model("incontext_unet", channels=16, init=init).eval()
+        features = []
+        hook = model.encoder[-1].register_forward_hook(lambda module, args, out: features.append(out[0]))
+        with torch.no_grad():
+            a, b = model(x[3:], x[:3], y[:3]), model(x[3:], x[:3], 1 - y[:3])
+        hook.remove()
+        spread[init] = (float(features[0].std()), float((a - b).std()))
+    assert spread["kaiming"][0] > 0.3 > 0.1 > spread["torch"][0], spread
+    assert spread["kaiming"][1] > 20 * spread["torch"][1], spread
+    with pytest.raises(MetasegError, match="model.init"):
+        create_model("incontext_unet", init="xavier")
+
+
 def test_the_learner_refuses_other_models_and_bad_options():
     with pytest.raises(MetasegError, match="incontext_unet or incontext_sam"):
         create_learner("incontext").adapt(torch.nn.Conv2d(3, 1, 1), torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8))
