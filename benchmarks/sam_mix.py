@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.sam_mix_data import BENCHMARK, CAPS, labelled_subset, split
+from benchmarks._rows import write_atomic
+from benchmarks.sam_mix_data import BENCHMARK, CAPS, IN_DOMAIN, labelled_subset, split
 from metaseg.losses import bce_dice_loss
 from metaseg.metrics import dice_iou_per_image, mean_ci95, paired_ci95
 
@@ -43,6 +44,7 @@ TARGET_GAIN = {5: 10.0, 50: 5.0}  # points of Dice over the best baseline (issue
 # image-level labels are all "present": the presence classifier learns no gate (threshold 0) and
 # its CAM is shaped by the N masks (cam_mask_weight) and the focal loss on present images only.
 CROSS_DOMAIN = {"Kvasir-SEG": "CVC-ClinicDB"}
+FIGURE_SEED = 0  # the CAM -> box -> mask figure is always this training seed's (not the last one run)
 
 
 def _train_sam(method: str, data, rows: np.ndarray, args, tests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -51,14 +53,16 @@ def _train_sam(method: str, data, rows: np.ndarray, args, tests: list[np.ndarray
 
     prompts = {"sam_mix": "box+dense", "ablation_cam_box": "box", "medsam_whole_box": "whole"}[method]
     model = create_sam_mix(prompts=prompts, image_size=args.size, seed=args.seed)
-    one_class = len(np.unique(data.present["pool"])) < 2  # no absent image (Kvasir-SEG): nothing to gate with
+    # no image without the structure (Kvasir-SEG, ISIC-2017): nothing to gate with, threshold 0
+    one_class = len(np.unique(data.present["pool"])) < 2
+    labels = data.targets("pool")  # ISIC-2017: melanoma vs not (its CAM is the prompt source); else = present
     budget = SamMixBudget(steps=args.steps, warmup=args.warmup, multitask=method == "sam_mix",
-                          classifier=method != "medsam_whole_box", absent_labels=not one_class)
+                          classifier=method != "medsam_whole_box", absent_labels=len(np.unique(labels)) > 1)
     pool = data.images["pool"]
     val = {} if one_class else {"val_images": data.images["val"], "val_present": data.present["val"]}
     if one_class:
         model.presence_threshold = 0.0
-    fit_sam_mix(model, pool if budget.classifier else None, data.present["pool"] if budget.classifier else None,
+    fit_sam_mix(model, pool if budget.classifier else None, labels if budget.classifier else None,
                 pool[rows], data.masks["pool"][rows], budget, seed=args.seed, **val)  # val labels: the presence threshold
     outs = [predict_sam_mix(model, images) for images in tests]
     for out in outs:
@@ -154,9 +158,23 @@ def _records(data, n_pool: int, n: int, method: str, args, out: dict, seconds: f
             if truth.any() and not truth.all():
                 rec["presence_balanced_accuracy"] = float((call[truth].mean() + (~call[~truth]).mean()) / 2)
             rec["cam_box_iou"] = box_iou(out["boxes"][truth], mask_boxes(data.masks["test"][truth])).tolist()
+            if data.labels is not None:  # the classifier learnt another label (ISIC: melanoma): how well
+                rec["label_auc"] = rank_auc(out["presence"], data.labels["test"])
             rec["fit_info"] = out["fit_info"]
         records.append(rec)
     return records
+
+
+def rank_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC AUC of `score` for the binary `label` (Mann-Whitney U / n1 n0, ties averaged); NaN for one class."""
+    from scipy.stats import rankdata
+
+    label = np.asarray(label).astype(bool)
+    if label.all() or not label.any():
+        return float("nan")
+    ranks = rankdata(score)
+    n1, n0 = int(label.sum()), int((~label).sum())
+    return float((ranks[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def summary_row(rec: dict) -> dict:
@@ -168,7 +186,7 @@ def summary_row(rec: dict) -> dict:
     row.update(dice_mean=100 * dm, dice_ci95=100 * dci, n_present=len(rec["dice_present"]),
                dice_all=100 * am, dice_all_ci95=100 * aci, n_empty=len(fp),
                false_positive_rate=float(np.mean(fp)) if fp else float("nan"))
-    for key in ("presence_accuracy", "presence_balanced_accuracy"):
+    for key in ("presence_accuracy", "presence_balanced_accuracy", "label_auc"):
         if key in rec:
             row[key] = rec[key]
     if "cam_box_iou" in rec:
@@ -252,8 +270,11 @@ def targets(records: list[dict]) -> list[str]:
                          + (f"; vs unet_scratch: {_diff_text('unet_scratch', group['sam_mix'], group['unet_scratch'])[0]}"
                             if "unet_scratch" in group and best != "unet_scratch" else "") + seeds_note + missing_note)
             continue
-        if test not in BENCHMARK:  # e.g. Kvasir-SEG's own test split, next to its cross-domain rows
+        if test not in IN_DOMAIN:  # e.g. Kvasir-SEG's own test split, next to its cross-domain rows
             lines.append(f"in-domain reference {test}, N={n}: {text}{seeds_note}{missing_note}")
+            continue
+        if test not in BENCHMARK:  # benchmarked in-domain without an issue target (ISIC-2017)
+            lines.append(f"{test}, N={n} (no target in issue 11): {text}{seeds_note}{missing_note}")
             continue
         need = TARGET_GAIN.get(n, 5.0)
         met = diff >= need and diff - ci > 0
@@ -272,12 +293,12 @@ def write_report(records: list[dict], args) -> None:
     rows = [summary_row(r) for r in records]
     pooled = pooled_rows(by_method_seed(records))
     lines_t = targets(records)
-    (RESULTS / "sam_mix.json").write_text(json.dumps({
+    write_atomic(RESULTS / "sam_mix.json", json.dumps({
         "command": "python -m benchmarks.sam_mix " + " ".join(args.argv), "caps": CAPS,
         "size": args.size, "steps": args.steps, "warmup": args.warmup, "unet_steps": args.unet_steps,
         "budgets": sorted({json.dumps(r.get("budget", "not recorded (seed-0 runs: steps 80, warmup 150, unet 200)"))
                            for r in records}),
-        "rows": rows, "pooled": pooled, "targets": lines_t}, indent=1))
+        "rows": rows, "pooled": pooled, "targets": lines_t}, indent=1))  # atomic: a kill leaves the old report
     md = ["# SAM-Mix benchmark (generated by benchmarks/sam_mix.py)", "",
           f"Report: `python -m benchmarks.sam_mix {' '.join(args.argv)}` over every run saved in sam_mix_runs/; "
           f"{args.size} px, CPU, classifier warm-up {args.warmup} steps + {args.steps} segmenter/joint steps, U-Net "
@@ -289,7 +310,10 @@ def write_report(records: list[dict], args) -> None:
           "threshold chosen on the validation split's image-level labels (balanced accuracy), CAM threshold on the N "
           "training masks' boxes; test images never choose anything. Cross-domain rows (train → test): trained on the "
           "first dataset's pool and N masks, scored without retraining on the second's test split. Kvasir-SEG has no "
-          "image without a polyp, so its image-level labels are all 'present': no presence gate is learnt (threshold 0).",
+          "image without a polyp, so its image-level labels are all 'present': no presence gate is learnt (threshold 0). "
+          "ISIC-2017: every image has a lesion (no gate, threshold 0, no FP rate); the classifier is trained on the "
+          "class CSVs' melanoma label (melanoma 1 / not 0) and its CAM, shaped by the N masks, gives the prompts; "
+          "label AUC = the classifier's melanoma ROC AUC on the test images.",
           "", "Targets (issue 11):", ""] + [f"- {t}" for t in lines_t] + [
           "", "## Pooled over seeds (per-image Dice averaged over the seeds, then mean ± 95% CI over images)", "",
           "| trained on → tested on | N | method | seeds | Dice | FP rate (empty images) |", "|---|---:|---|---|---|---|"]
@@ -299,8 +323,8 @@ def write_report(records: list[dict], args) -> None:
                   f"{r['dice_mean']:.1f} ± {r['dice_ci95']:.1f} | {_rate(r)} |")
     md += ["", "## Per run (one row per seed)", "",
            "| trained on → tested on | N | method | seed | Dice | Dice (all test) | FP rate (empty images) | presence acc. / balanced | "
-           "presence thr. | CAM thr. | CAM box IoU | pool labels | test (present/empty) | s |",
-           "|---|---:|---|---:|---|---|---|---|---:|---:|---:|---:|---|---:|"]
+           "presence thr. | CAM thr. | CAM box IoU | label AUC | pool labels | test (present/empty) | s |",
+           "|---|---:|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
 
     def fmt(r: dict, key: str) -> str:
         return f"{r[key]:.2f}" if key in r else "-"
@@ -310,14 +334,15 @@ def write_report(records: list[dict], args) -> None:
         domain = f"{r['train_dataset']} → {r['dataset']} (cross-domain)" if r["cross_domain"] else r["dataset"]
         md.append(f"| {domain} | {r['n_labelled']} | {r['method']} | {r['seed']} | {r['dice_mean']:.1f} ± {r['dice_ci95']:.1f} | "
                   f"{r['dice_all']:.1f} ± {r['dice_all_ci95']:.1f} | {_rate(r)} | {acc} | "
-                  f"{fmt(r, 'presence_threshold')} | {fmt(r, 'cam_threshold')} | {fmt(r, 'cam_box_iou')} | "
+                  f"{fmt(r, 'presence_threshold')} | {fmt(r, 'cam_threshold')} | {fmt(r, 'cam_box_iou')} | {fmt(r, 'label_auc')} | "
                   f"{r['n_pool_labels']} | {r['n_present']}/{r['n_empty']} | {r['seconds']:.0f} |")
-    (RESULTS / "sam_mix.md").write_text("\n".join(md) + "\n")
+    write_atomic(RESULTS / "sam_mix.md", "\n".join(md) + "\n")
 
 
 
-def figure(dataset: str, data, n: int, seed: int, count: int = 4) -> Path | None:
-    """CAM -> box -> mask for the first `count` test images with the structure (sam_mix, N masks)."""
+def figure(dataset: str, data, n: int, seed: int = FIGURE_SEED, count: int = 4) -> Path | None:
+    """CAM -> box -> mask for the first `count` test images with the structure (sam_mix, N masks, one
+    training seed: FIGURE_SEED, so running another seed does not replace the figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,19 +369,21 @@ def figure(dataset: str, data, n: int, seed: int, count: int = 4) -> Path | None
         row[2].imshow(image, cmap="gray")
         row[2].imshow(np.ma.masked_less_equal(out["logits"][i, 0], 0), alpha=0.5, cmap="autumn")
         row[2].contour(data.masks["test"][i], levels=[0.5], colors="lime", linewidths=0.8)
-        row[2].set_title("SAM-Mix mask (red), truth (green)", fontsize=8)
+        row[2].set_title(f"SAM-Mix mask (red), truth (green); N={n}, seed {seed}", fontsize=8)
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
     path = RESULTS / f"sam_mix_{dataset}.png"
-    fig.savefig(path, dpi=80)
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, dpi=80, format="png")
+    tmp.replace(path)
     plt.close(fig)
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(BENCHMARK), choices=list(BENCHMARK))
+    parser.add_argument("--datasets", nargs="+", default=list(IN_DOMAIN), choices=list(IN_DOMAIN))
     parser.add_argument("--cross-domain", action="store_true",
                         help=f"train on each of {list(CROSS_DOMAIN)} and test on its partner {list(CROSS_DOMAIN.values())} "
                              "(instead of --datasets)")
@@ -394,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{group_key(r)} {s['method']}: Dice {s['dice_mean']:.1f} ± {s['dice_ci95']:.1f}, "
                           f"FP rate {s['false_positive_rate']:.2f} ({s['seconds']} s)", flush=True)
                 write_report(load_runs(RESULTS), args)
-        done = [n for n in sorted(args.n, reverse=True) if run_path(dataset, n, "sam_mix", args.seed).with_suffix(".npz").is_file()]
-        if done and partner is None:  # the largest N measured
-            figure(dataset, data, done[0], args.seed)
+        done = [n for n in (50, 5) if run_path(dataset, n, "sam_mix", FIGURE_SEED).with_suffix(".npz").is_file()]
+        if done and partner is None:  # N=50 when measured (else 5), always FIGURE_SEED's run
+            figure(dataset, data, done[0])
     return 0
 
 

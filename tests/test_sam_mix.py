@@ -391,3 +391,45 @@ def test_adapt_cli_sam_mix_presence_threshold_held_out_or_given(tmp_path, capsys
         err = capsys.readouterr().err.strip()
         assert option in err and "between 0 and 1" in err and "\n" not in err
         assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def _write_isic_like(root, n: int = 5, melanoma: tuple[int, ...] = (1,)):
+    """A tiny ISIC-2017 folder: a lesion in every image, and a melanoma-only class CSV (image_id,melanoma)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:40, :40]
+    data, truth = root / "ISIC-2017_Training_Data", root / "ISIC-2017_Training_Part1_GroundTruth"
+    data.mkdir(parents=True)
+    truth.mkdir()
+    rows = ["image_id,melanoma"]
+    for k in range(n):
+        m = (((yy - rng.integers(12, 28)) ** 2 + (xx - rng.integers(12, 28)) ** 2) <= 49).astype(np.uint8)
+        img = (40 * rng.random((40, 40)) + 170 * m).astype(np.uint8)
+        Image.fromarray(np.repeat(img[..., None], 3, 2)).save(data / f"ISIC_{k:07d}.png")
+        Image.fromarray(m * 255).save(truth / f"ISIC_{k:07d}_segmentation.png")
+        rows.append(f"ISIC_{k:07d},{1.0 if k in melanoma else 0.0}")
+    labels = root.parent / "classes.csv"  # outside the dataset folder: not read as the reader's class table
+    labels.write_text("\n".join(rows) + "\n")
+    return root, labels
+
+
+def test_adapt_cli_sam_mix_isic_melanoma_labels_without_gate(tmp_path, capsys):
+    """ISIC's class CSV as labels: melanoma vs not trains the classifier; every image has a lesion, so
+    the K masks come from both classes (3 shots with 1 melanoma image) and the gate is off."""
+    import csv
+
+    from metaseg.cli import main
+
+    root, labels = _write_isic_like(tmp_path / "isic")
+    base = ["adapt", "--method", "sam_mix", "--support", str(root), "--images", str(root), "--shots", "3",
+            "--steps", "1", "--warmup", "2", "--size", str(SIZE), "--cache-dir", str(tmp_path / "c"),
+            "--labels", str(labels), "--label-column", "melanoma"]
+    assert main(base + ["--out", str(tmp_path / "o"), "--presence-threshold", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "5 image-level labels (1 present), 3 masks" in text and "presence threshold 0.000 (fixed)" in text
+    assert "labelled absent have a lesion mask" not in text
+    rows = list(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))
+    assert len(rows) == 5 and sum(r["in_support"] == "True" for r in rows) == 3
+    assert main(base + ["--out", str(tmp_path / "gated")]) == 0  # gate left on: told that these are not presence labels
+    assert "4 images labelled absent have a lesion mask" in capsys.readouterr().out

@@ -31,7 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace this command's outputs in a non-empty --out")
     sam_mix = parser.add_argument_group("--method sam_mix (no checkpoint: K masks + image-level labels, docs/sam_mix.md)")
     sam_mix.add_argument("--method", choices=["sam_mix"], help="sam_mix: CAM-prompted LiteMedSAM trained on --support's labels and K masks")
-    sam_mix.add_argument("--labels", help="CSV of id,label (1/0, present/absent or a class name); default: the dataset's class folders")
+    sam_mix.add_argument("--labels", help="CSV of image-level labels: an id or file-name column and a label column "
+                         "(1/0, a number >= 0.5 = present, yes/no, present/absent or a class name); default: the dataset's class folders")
+    sam_mix.add_argument("--label-column", help="--labels column (header name) holding the label (default: the non-id column of a two-column CSV)")
+    sam_mix.add_argument("--id-column", help="--labels column (header name) holding the image id or file name "
+                         "(default: the first named id/image/image_id/filename/name, else the first column)")
     sam_mix.add_argument("--absent-class", default="normal", help="the class without the structure (default normal, as in BUSI)")
     sam_mix.add_argument("--warmup", type=int, help="classifier-only steps before the joint ones (default 100; --steps: joint steps, default 200)")
     sam_mix.add_argument("--prompts", default="box+dense", choices=["box+dense", "box", "dense", "whole"], help="what the CAM gives the decoder")
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             raise MetasegError("--method sam_mix trains from the packaged LiteMedSAM base; drop --checkpoint")
         run_sam_mix_adapt(
             support=args.support, images=args.images, out=args.out, shots=args.shots, labels=args.labels,
-            absent_class=args.absent_class, steps=args.steps, warmup=args.warmup, layout=args.layout, seed=args.seed,
+            absent_class=args.absent_class, label_column=args.label_column, id_column=args.id_column, steps=args.steps, warmup=args.warmup, layout=args.layout, seed=args.seed,
             size=args.size, prompts=args.prompts, cam_threshold=args.cam_threshold,
             presence_threshold=args.presence_threshold, val_fraction=args.val_fraction, overwrite=args.overwrite,
             cache_dir=args.cache_dir,

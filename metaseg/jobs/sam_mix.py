@@ -1,11 +1,14 @@
 """`metaseg adapt --method sam_mix`: K masks plus image-level labels of a dataset -> SAM-Mix -> masks
 for every image of --images, with no prompt from the user.
 
-Image-level labels ("is the lesion / structure in this image?") come from `--labels` (a CSV of
-id,label with label 1/0, yes/no, present/absent, or a class name, where `--absent-class` names the
-class without the structure) or, without it, from the dataset's class folders (BUSI: benign /
-malignant = present, normal = absent). K of the present images keep their masks and train the
-segmentation branch. The presence threshold (below it: empty mask) is `--presence-threshold`, or
+Image-level labels ("is the lesion / structure in this image?") come from `--labels` (a CSV with
+an id or file-name column and a label column, `--id-column` / `--label-column` naming them by
+header; label 1/0, a number (>= 0.5: 1), yes/no, present/absent, or a class name, where
+`--absent-class` names the class without the structure) or, without it, from the dataset's class
+folders (BUSI: benign / malignant = present, normal = absent). A class label rather than presence
+(ISIC-2017's melanoma column: every image has a lesion) is used with `--presence-threshold 0`: the
+classifier learns the class, its CAM still gives the prompts, and no image is gated to empty.
+K of the labelled images with a non-empty mask keep their masks and train the segmentation branch. The presence threshold (below it: empty mask) is `--presence-threshold`, or
 by default chosen like the benchmark does: a seeded, class-stratified `--val-fraction` of the
 labelled images without a mask is held out of classifier training and the threshold with the best
 balanced accuracy on their labels is kept. Every other labelled image trains the classifier.
@@ -29,23 +32,91 @@ FALSE = {"0", "no", "false", "absent", "negative"}
 FIELDS = ("id", "image", "width", "height", "presence", "mask", "overlay", "ground_truth", "in_support", "dice", "iou")
 
 
-def read_labels_csv(path: str | Path, absent_class: str) -> dict[str, int]:
-    """id -> 1 (present) / 0 (absent) from a two-column CSV (a header row is optional)."""
+ID_COLUMNS = ("id", "image", "image_id", "image_name", "filename", "file", "name", "path")
+
+
+def _label_value(value: str, absent_class: str, where: str) -> int:
+    """1 (present) / 0 (absent) from a cell: yes/no words, a number (>= 0.5: present; e.g. ISIC's
+    0.0/1.0 columns), or a class name (absent iff it is `absent_class`)."""
+    text = value.strip().lower()
+    if not text:
+        raise MetasegError(f"{where}: empty label")
+    if text in TRUE:
+        return 1
+    if text in FALSE or (absent_class and text == absent_class.lower()):
+        return 0
+    try:
+        number = float(text)
+    except ValueError:
+        return 1  # a class name other than --absent-class
+    if not 0.0 <= number <= 1.0:
+        raise MetasegError(f"{where}: numeric label {value!r} is not in [0, 1]")
+    return int(number >= 0.5)
+
+
+def _column(header: list[str], name: str | None, option: str, path: Path) -> int | None:
+    if name is None:
+        return None
+    lower = [h.strip().lower() for h in header]
+    if name.strip().lower() not in lower:
+        raise MetasegError(f"--labels {path}: no column {name!r} for {option} (columns: {', '.join(header)})")
+    return lower.index(name.strip().lower())
+
+
+def label_key(name: str) -> str:
+    """An image reference reduced to its file stem (folders and image extension dropped), so that a
+    CSV naming files ("benign (1).png", "imgs/ISIC_0000000.jpg") matches ids ("benign/benign (1)")."""
+    from metaseg.data.readers._common import IMAGE_SUFFIXES
+
+    name = name.strip().replace("\\", "/")
+    tail = name.rsplit("/", 1)[-1]
+    stem, dot, ext = tail.rpartition(".")
+    return stem if dot and stem and "." + ext.lower() in IMAGE_SUFFIXES else tail
+
+
+def read_labels_csv(path: str | Path, absent_class: str = "", label_column: str | None = None,
+                    id_column: str | None = None) -> dict[str, int]:
+    """id -> 1 (present) / 0 (absent) from a labels CSV: an id / file-name column and a label column.
+
+    Why generic: class tables come in many shapes (ISIC's image_id,melanoma with 0.0/1.0; a
+    filename,diagnosis export). A header row is read when its first cell is an id-like name or a
+    column is named; `label_column` / `id_column` pick columns by header name (default: the first
+    id-like column, else the first; the label column is the other one of a two-column table).
+    Every malformed file is a one-line MetasegError naming it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise MetasegError(f"--labels: no such file {path}")
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and r[0].strip()]
-    if rows and rows[0][0].strip().lower() in ("id", "image", "image_id", "name"):
-        rows = rows[1:]
-    labels = {}
-    for n, row in enumerate(rows, 1):
-        if len(row) < 2:
-            raise MetasegError(f"--labels {path}: row {n} needs two columns id,label, got {row}")
-        value = row[1].strip().lower()
-        labels[row[0].strip()] = 1 if value in TRUE else 0 if value in FALSE or value == absent_class.lower() else 1
-    if not labels:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise MetasegError(f"--labels {path}: not a readable CSV ({type(err).__name__}: {err})") from None
+    if not rows:
         raise MetasegError(f"--labels {path}: no rows")
+    has_header = rows[0][0].strip().lower() in ID_COLUMNS or label_column is not None or id_column is not None
+    header = [h.strip() for h in rows[0]] if has_header else [f"column {i + 1}" for i in range(len(rows[0]))]
+    body = rows[1:] if has_header else rows
+    lower = [h.lower() for h in header]
+    id_at = _column(header, id_column, "--id-column", path)
+    if id_at is None:
+        id_at = next((i for i, h in enumerate(lower) if h in ID_COLUMNS), 0)
+    label_at = _column(header, label_column, "--label-column", path)
+    if label_at is None:
+        others = [i for i in range(len(header)) if i != id_at]
+        if len(others) != 1:
+            raise MetasegError(f"--labels {path}: {len(header)} columns ({', '.join(header)}); name the label one "
+                               "with --label-column" if others else f"--labels {path}: needs two columns id,label, got {header}")
+        label_at = others[0]
+    if label_at == id_at:
+        raise MetasegError(f"--labels {path}: the label column {header[label_at]!r} is also the id column")
+    labels: dict[str, int] = {}
+    for n, row in enumerate(body, 2 if has_header else 1):
+        where = f"--labels {path} line {n}"
+        if len(row) <= max(id_at, label_at):
+            raise MetasegError(f"{where}: {len(row)} columns, expected at least {max(id_at, label_at) + 1}")
+        labels[row[id_at].strip()] = _label_value(row[label_at], absent_class, where)
+    if not labels:
+        raise MetasegError(f"--labels {path}: a header but no rows")
     return labels
 
 
@@ -60,14 +131,32 @@ def dataset_labels(root: Path, layout: str | None, absent_class: str) -> dict[st
     return {p.id: int(str(p.meta["class"]).lower() != absent_class.lower()) for p in pairs}
 
 
-def training_rows(ids: list[str], masks: np.ndarray, labels: dict[str, int], shots: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labelled rows, their presence, K mask rows drawn among present images with a non-empty mask)."""
-    unknown = sorted(set(labels) - set(ids))
-    if unknown and len(unknown) == len(labels):
+def match_labels(labels: dict[str, int], ids: list[str]) -> dict[str, int]:
+    """The labels keyed by dataset id: a CSV key that is an id is used as is, else it matches the
+    one id with the same file stem (label_key); a stem shared by several ids matches none."""
+    known = set(ids)
+    by_stem: dict[str, list[str]] = {}
+    for i in ids:
+        by_stem.setdefault(label_key(i), []).append(i)
+    out: dict[str, int] = {}
+    for key, value in labels.items():
+        hits = [key] if key in known else by_stem.get(label_key(key), [])
+        if len(hits) == 1:
+            out.setdefault(hits[0], value)
+    return out
+
+
+def training_rows(ids: list[str], masks: np.ndarray, given: dict[str, int], shots: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labelled rows, their label, K mask rows drawn among labelled images with a non-empty mask)."""
+    labels = match_labels(given, ids)
+    if not labels:
+        unknown = sorted(given)
         raise MetasegError(f"--labels: none of its ids is an image of --support (first: {unknown[0]!r}; ids look like {ids[0]!r})")
     rows = np.array([i for i, name in enumerate(ids) if name in labels], dtype=np.int64)
     present = np.array([labels[ids[i]] for i in rows], dtype=np.int64)
-    candidates = np.array([i for i, p in zip(rows, present) if p == 1 and masks[i].any()], dtype=np.int64)
+    # every labelled image with a non-empty mask, whatever its label: with presence labels an absent
+    # image has an empty mask anyway; with class labels (ISIC: melanoma or not) both classes have lesions
+    candidates = np.array([i for i in rows if masks[i].any()], dtype=np.int64)
     at_least("--shots", shots, 1)
     if len(candidates) < shots:
         raise MetasegError(f"--support has {len(candidates)} labelled images with a lesion mask, fewer than --shots {shots}")
@@ -94,7 +183,7 @@ def validation_rows(rows: np.ndarray, present: np.ndarray, chosen: np.ndarray, f
 
 def run_sam_mix_adapt(
     support: str | Path, images: str | Path, out: str | Path, shots: int = 5, labels: str | None = None,
-    absent_class: str = "normal", steps: int | None = None, warmup: int | None = None, layout: str | None = None,
+    absent_class: str = "normal", label_column: str | None = None, id_column: str | None = None, steps: int | None = None, warmup: int | None = None, layout: str | None = None,
     seed: int = 0, size: int | None = None, prompts: str = "box+dense", cam_threshold: float | None = None,
     presence_threshold: float | None = None, val_fraction: float = 0.2,
     overwrite: bool = False, cache_dir: str | None = None, echo: Callable[[str], Any] = print,
@@ -119,11 +208,16 @@ def run_sam_mix_adapt(
     checks.unit_interval("--val-fraction", val_fraction, open_ends=True)
     folder = OutputFolder(out, OUTPUTS, overwrite).check()  # created only once the inputs are valid
     support_path = checks.existing_folder("--support", support)
+    csv_labels = read_labels_csv(labels, absent_class, label_column, id_column) if labels else None  # a bad CSV: before any reading
     queries, description = list_query_images(images, layout)  # --images checked before any training
     size = int(size or 128)
-    label_map = read_labels_csv(labels, absent_class) if labels else dataset_labels(support_path, layout, absent_class)
+    label_map = csv_labels if csv_labels is not None else dataset_labels(support_path, layout, absent_class)
     task = load_task(support_path, layout=layout, size=size, cache_dir=cache_dir)
     rows, present, chosen = training_rows(task.ids, task.masks, label_map, shots, seed)
+    absent_with_mask = int(sum(task.masks[i].any() for i in rows[present == 0]))
+    if absent_with_mask and presence_threshold != 0:
+        echo(f"sam_mix: {absent_with_mask} images labelled absent have a lesion mask: if the labels are classes rather "
+             "than presence (e.g. melanoma or not), turn the gate off with --presence-threshold 0")
     held = None if presence_threshold is not None else validation_rows(rows, present, chosen, val_fraction, seed)
     if presence_threshold is None and held is None:
         echo("sam_mix: too few labelled images without a mask in one class to hold any out: presence threshold 0.5 "
