@@ -433,3 +433,112 @@ def test_adapt_cli_sam_mix_isic_melanoma_labels_without_gate(tmp_path, capsys):
     assert len(rows) == 5 and sum(r["in_support"] == "True" for r in rows) == 3
     assert main(base + ["--out", str(tmp_path / "gated")]) == 0  # gate left on: told that these are not presence labels
     assert "4 images labelled absent have a lesion mask" in capsys.readouterr().out
+
+
+def _recording(encoder):
+    """Wrap a prompt encoder so every `boxes` it is given is kept (what reaches it, not what was meant to)."""
+    seen = []
+    forward = encoder.forward
+
+    def record(points=None, boxes=None, masks=None):
+        seen.append(None if boxes is None else boxes.detach().clone())
+        return forward(points=points, boxes=boxes, masks=masks)
+
+    encoder.forward = record
+    return seen
+
+
+def test_cam_box_is_what_reaches_the_prompt_encoder_of_medsam_lite_and_sam(toy):
+    from metaseg.models import create_model
+    from metaseg.models.sam_mix import CamBoxPrompter
+
+    images = torch.from_numpy(toy[0][:3]).float() / 255
+    sam_mix = make(cam_threshold=0.9)  # untrained head; a high threshold keeps its peak only: a small box (plumbing test)
+    with torch.no_grad():
+        cam = sam_mix.classify(sam_mix.embed(images))[1]
+    expected = cam_boxes(cam, sam_mix.cam_threshold, SIZE, sam_mix.box_component)
+    assert not torch.equal(expected[0], torch.tensor([0.0, 0.0, SIZE - 1.0, SIZE - 1.0]))  # a real CAM box, not the whole image
+    prompter = CamBoxPrompter(sam_mix)
+
+    lite = create_model("medsam_lite", image_size=2 * SIZE, embedding_cache=CACHE)  # another frame: boxes rescaled
+    seen = _recording(lite.prompt_encoder)
+    with torch.no_grad():
+        plain = lite(images)
+        assert seen == []  # without a prompter: the learned whole-image tokens, no box through the encoder
+        lite.box_prompter = prompter
+        prompted = lite(images)
+    assert len(seen) == 1 and torch.allclose(seen[0], expected * 2)
+    assert not torch.allclose(plain, prompted)
+    assert copy_keeps(lite, prompter)
+
+    sam = create_model(kind="sam", variant="tiny", image_size=SIZE)
+    sam.box_prompter = prompter
+    seen = _recording(sam.prompt_encoder)
+    wide = torch.nn.functional.pad(images, (0, SIZE))  # 64 x 128: SAM resizes the long side to 64, box frame 32 x 64
+    with torch.no_grad():
+        sam(wide)
+    frame = torch.tensor([SIZE / 2, SIZE / 2, SIZE / 2, SIZE / 2])
+    with torch.no_grad():
+        wide_cam = sam_mix.classify(sam_mix.embed(wide))[1]
+    assert torch.allclose(seen[0], cam_boxes(wide_cam, sam_mix.cam_threshold, SIZE, sam_mix.box_component) * frame / SIZE
+                          * torch.tensor([2.0, 1.0, 2.0, 1.0]))
+
+
+def copy_keeps(model, prompter) -> bool:
+    """A deep copy (one per episode in the learners) shares the prompter instead of copying its encoder."""
+    import copy
+
+    return copy.deepcopy(model).box_prompter is prompter
+
+
+def test_cam_prompter_file_round_trip_and_bad_files(tmp_path, toy):
+    from metaseg.models.sam_mix import CamBoxPrompter, load_cam_prompter, save_cam_prompter
+
+    sam_mix = make(cam_threshold=0.4)
+    fit_sam_mix(sam_mix, toy[0], toy[2], toy[0][:4], toy[1][:4], SamMixBudget(steps=1, warmup=3, auto_cam_threshold=False), seed=0)
+    path = save_cam_prompter(sam_mix, tmp_path / "cam_prompter.pt")
+    images = torch.from_numpy(toy[0][:4]).float() / 255
+    loaded = load_cam_prompter(path, embedding_cache=CACHE)
+    assert loaded.sam_mix.cam_threshold == 0.4
+    assert torch.equal(loaded(images, (SIZE, SIZE)), CamBoxPrompter(sam_mix)(images, (SIZE, SIZE)))
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    for name, message in (("missing.pt", "no such file"), ("junk.pt", "not a SAM-Mix prompter file"),
+                          ("other.pt", "not a SAM-Mix prompter file")):
+        with pytest.raises(MetasegError, match=message) as err:
+            load_cam_prompter(tmp_path / name)
+        assert "--cam-prompts" in str(err.value) and name in str(err.value)
+
+
+def test_evaluate_cli_cam_prompts_from_a_sam_mix_adapt_run(tmp_path, capsys):
+    from metaseg.cli import main
+
+    root = _write_busi_like(tmp_path / "BUSI", n_per_class=3)
+    adapt = ["adapt", "--method", "sam_mix", "--support", str(root), "--images", str(root), "--out", str(tmp_path / "sm"),
+             "--shots", "2", "--steps", "1", "--warmup", "3", "--size", str(SIZE), "--cache-dir", str(tmp_path / "c")]
+    assert main(adapt) == 0
+    prompter = tmp_path / "sm" / "cam_prompter.pt"
+    assert prompter.is_file() and f"--cam-prompts {prompter}" in capsys.readouterr().out
+    evaluate = ["evaluate", "--dataset", str(root), "--shots", "1", "--episodes", "1", "--queries", "2", "--size", str(SIZE),
+                "--cache-dir", str(tmp_path / "c")]
+    assert main(evaluate + ["--method", "medsam_lite_zeroshot", "--cam-prompts", str(prompter), "--out", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e" / "summary.md").is_file()
+    for argv, message in ((["--method", "scratch", "--cam-prompts", str(prompter)], "scratch is not a SAM-based model"),
+                          (["--method", "medsam_lite_zeroshot", "--cam-prompts", str(tmp_path / "no.pt")], "--cam-prompts: no such file")):
+        assert main(evaluate + argv + ["--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_prompt_boxes_of_masks_are_the_mask_boxes_rescaled():
+    """medsam_lite.boxes_from_masks is cam.mask_boxes (one definition) in the prompt frame; empty -> whole image."""
+    from metaseg.models.medsam_lite import boxes_from_masks
+
+    masks = torch.zeros(3, 1, 32, 64)
+    masks[0, 0, 4:10, 8:20] = 1
+    masks[2, 0, 31, 63] = 1  # the last pixel: its box ends on the frame's last pixel
+    native = mask_boxes(masks[:, 0].numpy())
+    assert np.array_equal(native[0], [8, 4, 19, 9]) and np.isnan(native[1]).all()
+    boxes = boxes_from_masks(masks, 128)
+    assert torch.equal(boxes, torch.tensor([[16.0, 16.0, 39.0, 39.0], [0.0, 0.0, 127.0, 127.0], [126.0, 124.0, 127.0, 127.0]]))
+    assert torch.equal(boxes_from_masks(masks[:1], 64)[0], torch.tensor([8.0, 8.0, 19.0, 19.0]))  # x native, y doubled

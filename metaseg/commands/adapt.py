@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from metaseg.commands.options import add_device_option, add_precision_option
+from metaseg.commands.options import add_cam_prompts_option, add_device_option, add_precision_option
 from metaseg.commands.reader_args import add_reader_options, reader_options
 
 
@@ -26,6 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="which K support pairs are drawn; scratch init (default 0)")
     parser.add_argument("--size", type=int, help="network input size (default: the checkpoint's training size, else 128)")
     parser.add_argument("--cache-dir", help="where decoded datasets are cached (default $METASEG_CACHE or ~/.cache/metaseg)")
+    add_cam_prompts_option(parser)
     add_device_option(parser)
     add_precision_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace this command's outputs in a non-empty --out")
@@ -68,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, support=args.support, images=args.images, out=args.out, shots=args.shots,
         steps=args.steps, layout=args.layout, seed=args.seed, size=args.size, overwrite=args.overwrite,
         cache_dir=args.cache_dir, device=args.device, precision=args.precision, reader_options=reader_options(args),
+        cam_prompts=args.cam_prompts,
     )
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from metaseg.commands.options import add_device_option, add_precision_option
+from metaseg.commands.options import add_cam_prompts_option, add_device_option, add_precision_option
 from metaseg.commands.reader_args import add_reader_options, reader_options
 from metaseg.jobs.methods import BASELINES
 
@@ -32,6 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, help="adaptation steps (default: the learner's; scratch: 100)")
     parser.add_argument("--size", type=int, help="image size (default: the checkpoint's training size, else 128)")
     parser.add_argument("--cache-dir", help="where decoded datasets are cached")
+    add_cam_prompts_option(parser)
     add_device_option(parser)
     add_precision_option(parser)
     parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
@@ -49,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, shots=args.shots, episodes=args.episodes,
         seed=args.seed, steps=args.steps, size=args.size, layout=args.layout, queries=args.queries,
         method=args.method, overwrite=args.overwrite, cache_dir=args.cache_dir, device=args.device,
-        reader_options=reader_options(args), allow_seen=args.allow_seen,
+        reader_options=reader_options(args), allow_seen=args.allow_seen, cam_prompts=args.cam_prompts,
     )
     return 0

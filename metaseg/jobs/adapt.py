@@ -22,7 +22,7 @@ from metaseg.data.resize import resize_image
 from metaseg.data.types import TaskArrays
 from metaseg.errors import MetasegError
 from metaseg.jobs import checks
-from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
+from metaseg.jobs.methods import attach_cam_prompts, build_method, check_cam_prompts, resolve_device, uses_checkpoint
 from metaseg.meta import core
 from metaseg.metrics import mean_ci95, mean_ci_text
 from metaseg.outputs import OutputFolder
@@ -168,6 +168,7 @@ def run_adapt(
     reader_options: Mapping[str, Any] | None = None,
     echo: Callable[[str], Any] = print,
     precision: str = "fp32",
+    cam_prompts: str | None = None,
 ) -> dict[str, Any]:
     """Adapt on K support pairs, segment every image of `images`, write masks/overlays/CSV into `out`.
 
@@ -187,13 +188,14 @@ def run_adapt(
     dev = resolve_device(device)
     if uses_checkpoint(checkpoint, None):
         checks.checkpoint_file("--checkpoint", checkpoint)
+    check_cam_prompts(cam_prompts)
     options = dict(reader_options or {})
     support_path = checks.existing_folder("--support", support)
     check_support_size(len(list_task(support_path, layout, **options).pairs), shots)
     queries, description = list_query_images(images, layout, options)
 
     torch.manual_seed(seed)
-    method = build_method(checkpoint, None, seed, steps, device=dev)
+    method = attach_cam_prompts(build_method(checkpoint, None, seed, steps, device=dev), cam_prompts)
     size = int(size or method.image_size)
     seen = SeenFlagger(method.info)  # images the checkpoint was meta-trained/validated on are flagged
     task = load_task(support_path, layout=layout, size=size, cache_dir=cache_dir, channels=method.in_channels, **options)

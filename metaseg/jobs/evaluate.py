@@ -24,7 +24,7 @@ from metaseg.data.tasks import TaskSpec
 from metaseg.data.types import Episode, TaskArrays
 from metaseg.errors import MetasegError
 from metaseg.jobs import checks
-from metaseg.jobs.methods import build_method, resolve_device, uses_checkpoint
+from metaseg.jobs.methods import attach_cam_prompts, build_method, check_cam_prompts, resolve_device, uses_checkpoint
 from metaseg.meta import core
 from metaseg.meta.scoring import score_episode
 from metaseg.metrics import mean_ci95, mean_ci_text
@@ -200,6 +200,7 @@ def run_evaluate(
     echo: Any = print,
     allow_seen: bool = False,
     precision: str = "fp32",
+    cam_prompts: str | None = None,
 ) -> list[dict[str, Any]]:
     """`metaseg evaluate`: writes episodes.csv, images.csv and summary.md into `out`; returns the summary rows.
 
@@ -218,10 +219,11 @@ def run_evaluate(
     dev = resolve_device(device)
     if uses_checkpoint(checkpoint, method):
         checks.checkpoint_file("--checkpoint", checkpoint)
+    check_cam_prompts(cam_prompts)
     spec = dataset_spec(dataset, layout, reader_options)
     check_episode_counts(list(shots), queries, {spec.name: count_images(spec)})
 
-    found = build_method(checkpoint, method, seed, steps, device=dev)
+    found = attach_cam_prompts(build_method(checkpoint, method, seed, steps, device=dev), cam_prompts)
     size = int(size or found.image_size)
     task = load_spec(spec, size=size, cache_dir=cache_dir, channels=found.in_channels)
     seen = check_evaluation_task(found.info, task, allow_seen, f"--dataset {dataset}")  # before any episode runs

@@ -72,6 +72,30 @@ def adaptation_steps(learner: nn.Module, steps: int | None) -> int | None:
     return int(steps) if steps is not None else getattr(inner, "inner_steps", None)
 
 
+def check_cam_prompts(path: str | None) -> None:
+    """--cam-prompts names an existing file (checked before any work; its content when loaded)."""
+    from pathlib import Path
+
+    if path is not None and not Path(path).expanduser().is_file():
+        raise MetasegError(f"--cam-prompts: no such file {path} (`metaseg adapt --method sam_mix` writes cam_prompter.pt)")
+
+
+def attach_cam_prompts(found: Method, path: str | None) -> Method:
+    """`--cam-prompts FILE`: the method's SAM-based model takes its box prompt from SAM-Mix's trained
+    presence + CAM head (the file `metaseg adapt --method sam_mix` writes) instead of the whole-image
+    box (LiteMedSAM's learned tokens) or no box (SAM's first pass). None: unchanged."""
+    if path is None:
+        return found
+    from metaseg.models.sam import SamSegmenter
+    from metaseg.models.sam_mix import load_cam_prompter
+
+    if not isinstance(found.model, SamSegmenter):
+        raise MetasegError(f"--cam-prompts: {found.name} is not a SAM-based model (a medsam_lite or sam checkpoint, "
+                           "or --method medsam_lite_zeroshot / medsam_lite_finetune)")
+    found.model.box_prompter = load_cam_prompter(path, "--cam-prompts")
+    return found
+
+
 def build_method(checkpoint: str | None = None, method: str | None = None, seed: int = 0, steps: int | None = None,
                  device: str | torch.device = "cpu", model_config: dict | None = None) -> Method:
     """A checkpoint's model and learner, or a baseline.

@@ -29,6 +29,7 @@ from metaseg.metrics import mean_ci95, mean_ci_text
 
 TRUE = {"1", "yes", "true", "present", "positive"}
 FALSE = {"0", "no", "false", "absent", "negative"}
+PROMPTER = "cam_prompter.pt"  # the trained head as a box-prompt source (--cam-prompts of adapt / evaluate)
 FIELDS = ("id", "image", "width", "height", "presence", "mask", "overlay", "ground_truth", "in_support", "dice", "iou")
 
 
@@ -196,7 +197,7 @@ def run_sam_mix_adapt(
     from metaseg.data.cache import load_task
     from metaseg.jobs import checks
     from metaseg.jobs.adapt import OUTPUTS, list_query_images, to_input, write_predictions
-    from metaseg.models.sam_mix import create_sam_mix
+    from metaseg.models.sam_mix import create_sam_mix, save_cam_prompter
     from metaseg.outputs import OutputFolder
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix
 
@@ -206,7 +207,7 @@ def run_sam_mix_adapt(
     checks.unit_interval("--presence-threshold", presence_threshold)
     checks.unit_interval("--cam-threshold", cam_threshold, open_ends=True)
     checks.unit_interval("--val-fraction", val_fraction, open_ends=True)
-    folder = OutputFolder(out, OUTPUTS, overwrite).check()  # created only once the inputs are valid
+    folder = OutputFolder(out, OUTPUTS + (PROMPTER,), overwrite).check()  # created only once the inputs are valid
     support_path = checks.existing_folder("--support", support)
     csv_labels = read_labels_csv(labels, absent_class, label_column, id_column) if labels else None  # a bad CSV: before any reading
     queries, description = list_query_images(images, layout)  # --images checked before any training
@@ -248,6 +249,8 @@ def run_sam_mix_adapt(
         return (logits[0, 0] > 0).numpy(), {"presence": f"{float(torch.sigmoid(result['presence'][0])):.4f}"}
 
     records, out_dir = write_predictions(folder, queries, predict, support_hashes, FIELDS)
+    prompter = save_cam_prompter(model, out_dir / PROMPTER)
+    echo(f"wrote the CAM box prompter to {prompter} (other SAM-based methods: --cam-prompts {prompter})")
     scored = [float(r["dice"]) for r in records if r["dice"] != "" and not r["in_support"]]
     summary: dict[str, Any] = {"method": "sam_mix", "images": len(records), "scored": len(scored), "out": str(out_dir),
                                "presence_threshold": model.presence_threshold, "cam_threshold": model.cam_threshold}

@@ -102,7 +102,8 @@ def cam_boxes(cam01: torch.Tensor, threshold: float, image_size: int, component:
 
 
 def mask_boxes(masks: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(N, H, W) masks -> (N, 4) pixel boxes x0, y0, x1, y1 (inclusive); NaN rows for empty masks."""
+    """(N, H, W) masks -> (N, 4) pixel boxes x0, y0, x1, y1 (inclusive); NaN rows for empty masks.
+    The one mask-box definition: medsam_lite.boxes_from_masks rescales it into a prompt frame."""
     masks = np.asarray(masks).reshape(len(masks), *np.asarray(masks).shape[-2:]) > 0
     out = np.full((len(masks), 4), np.nan)
     for i, m in enumerate(masks):

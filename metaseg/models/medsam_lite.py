@@ -262,7 +262,10 @@ class MedSamLite(SamSegmenter):
         height, width = x.shape[-2:]
         embeddings = self.embed(x)
         b = embeddings.shape[0]
-        logits = self.decode_prompted(embeddings, *self.prompts(b))
+        sparse, dense = self.prompts(b)
+        if self.box_prompter is not None:  # its box (e.g. SAM-Mix's CAM box) replaces the learned whole-image box tokens
+            sparse, _ = self.prompt_encoder(points=None, boxes=self.box_prompter(x, (self.image_size, self.image_size)), masks=None)
+        logits = self.decode_prompted(embeddings, sparse, dense)
         for _ in range(self.refine if refine is None else refine):
             coarse = logits.detach()  # the prompt is a thresholded prediction: no gradient through it
             boxes = self.boxes_from_logits(coarse, self.image_size, self.image_size)
@@ -283,17 +286,20 @@ class MedSamLite(SamSegmenter):
 
 
 def boxes_from_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 1, H, W) binary masks -> (B, 4) boxes (x0, y0, x1, y1) in `size`-pixel coordinates; empty -> whole image."""
+    """(B, 1, H, W) binary masks -> (B, 4) boxes (x0, y0, x1, y1) in `size`-pixel coordinates; empty -> whole image.
+
+    The box itself is cam.mask_boxes' (inclusive native pixels, NaN when empty: one definition of
+    a mask's box); here it is rescaled to the prompt frame, pixel edges kept, and NaN becomes the
+    whole image (the zero-shot prompt)."""
+    from metaseg.models.cam import mask_boxes
+
     h, w = masks.shape[-2:]
-    sx, sy = size / w, size / h
-    out = []
-    for m in masks[:, 0] > 0.5:
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        if ys.numel() == 0:
-            out.append([0.0, 0.0, size - 1.0, size - 1.0])
-        else:
-            out.append([xs.min().item() * sx, ys.min().item() * sy, (xs.max().item() + 1) * sx - 1, (ys.max().item() + 1) * sy - 1])
-    return torch.tensor(out, dtype=torch.float32, device=masks.device)
+    native = torch.as_tensor(mask_boxes((masks[:, 0] > 0.5).cpu().numpy()), dtype=torch.float32)
+    scale = torch.tensor([size / w, size / h, size / w, size / h])
+    edges = torch.tensor([0.0, 0.0, 1.0, 1.0])  # x1, y1: the far edge of the last pixel, then back one pixel
+    boxes = (native + edges) * scale - edges
+    whole = torch.tensor([0.0, 0.0, size - 1.0, size - 1.0])
+    return torch.where(torch.isnan(boxes), whole, boxes).to(masks.device)
 
 
 def create_medsam_lite(

@@ -158,6 +158,10 @@ class SamSegmenter(nn.Module):
     within an image), so a prediction never depends on the other images of the batch (tested).
     """
 
+    # a callable (images in [0, 1], (h, w) frame) -> (B, 4) boxes that replaces the prompt-free first
+    # pass / the whole-image box, e.g. SAM-Mix's CAM (models.sam_mix.CamBoxPrompter); None: no box
+    box_prompter = None
+
     def __init__(self, variant: str, cfg: SamConfig, image_size: int, prompt: str, in_channels: int):
         super().__init__()
         self.variant, self.cfg, self.image_size, self.prompt, self.in_channels = variant, cfg, image_size, prompt, in_channels
@@ -230,7 +234,7 @@ class SamSegmenter(nn.Module):
         height, width = x.shape[-2:]
         inp, (h, w) = self.preprocess(x)
         embeddings = self.image_encoder(inp)
-        low_res = self.decode(embeddings, boxes=None)
+        low_res = self.decode(embeddings, boxes=None if self.box_prompter is None else self.box_prompter(x, (h, w)))
         if self.prompt == "box":  # the box is a thresholded coarse mask: no gradient through it
             low_res = self.decode(embeddings, boxes=self.boxes_from_logits(low_res.detach(), h, w))
         logits = F.interpolate(low_res, (self.image_size, self.image_size), mode="bilinear", align_corners=False)

@@ -14,6 +14,8 @@ prompt encoder's small mask-downscaling convolutions train too (LiteMedSAM was t
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -111,3 +113,58 @@ def create_sam_mix(prompts: str = "box+dense", cam_threshold: float = 0.5, prese
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return SamMix(base, prompts, cam_threshold, presence_threshold, hidden, cam_grad, box_component, pooling)
+
+
+class CamBoxPrompter:
+    """SAM-Mix's trained presence head as a box-prompt source for another SAM-based model: image ->
+    LiteMedSAM embeddings (the SAM-Mix base, cached) -> CAM -> its box (cam_boxes), rescaled to
+    the receiving model's box frame. Read-only and shared: a deep copy of a model (one per episode
+    in the learners) keeps the same prompter instead of copying its encoder."""
+
+    def __init__(self, sam_mix: SamMix):
+        self.sam_mix = sam_mix.eval().requires_grad_(False)
+
+    def __deepcopy__(self, memo: dict) -> "CamBoxPrompter":
+        return self
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, 4) boxes x0, y0, x1, y1 in a (height, width) = `frame`
+        pixel frame (the image resized to it)."""
+        model = self.sam_mix
+        _, cam01 = model.classify(model.embed(x.to(next(model.head.parameters()).device)).float())
+        boxes = cam_boxes(cam01, model.cam_threshold, model.image_size, model.box_component)
+        h, w = frame
+        scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device) / model.image_size
+        return (boxes * scale).to(x.device)
+
+
+def save_cam_prompter(model: SamMix, path: str | Path) -> Path:
+    """What CamBoxPrompter needs from a trained SAM-Mix: the head, its CAM threshold and options,
+    the image size and the base's fingerprint (the head only reads that base's embeddings)."""
+    path = Path(path)
+    torch.save({"kind": "sam_mix_cam_prompter", "head": model.head.state_dict(), "cam_threshold": model.cam_threshold,
+                "image_size": model.image_size, "pooling": model.head.pooling, "box_component": model.box_component,
+                "hidden": model.head.fc.in_features, "base": model.base.base_fingerprint()}, path)
+    return path
+
+
+def load_cam_prompter(path: str | Path, option: str = "--cam-prompts", embedding_cache: str | None = None) -> CamBoxPrompter:
+    """A CamBoxPrompter from a file save_cam_prompter wrote (`metaseg adapt --method sam_mix` writes
+    cam_prompter.pt); anything else is a one-line error naming `option` and the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MetasegError(f"{option}: no such file {path}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: torch raises many types
+        raise MetasegError(f"{option} {path}: not a SAM-Mix prompter file ({type(err).__name__})") from None
+    if not isinstance(saved, dict) or saved.get("kind") != "sam_mix_cam_prompter":
+        raise MetasegError(f"{option} {path}: not a SAM-Mix prompter file (write one with `metaseg adapt --method sam_mix`)")
+    model = create_sam_mix(prompts="box", cam_threshold=saved["cam_threshold"], image_size=saved["image_size"],
+                           hidden=saved["hidden"], box_component=saved["box_component"], pooling=saved["pooling"],
+                           embedding_cache=embedding_cache)
+    if model.base.base_fingerprint()["sha256"] != saved["base"]["sha256"]:
+        raise MetasegError(f"{option} {path}: trained on another LiteMedSAM base ({saved['base'].get('name')})")
+    model.head.load_state_dict(saved["head"])
+    return CamBoxPrompter(model)
