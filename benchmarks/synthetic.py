@@ -53,6 +53,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segmenters", nargs="+", default=["unet", "segformer"])
     p.add_argument("--gan-steps", type=int, default=300)
     p.add_argument("--gan-width", type=int, default=32)
+    p.add_argument("--gan-arch", help="style (StyleGAN-lite) or dcgan (default: metaseg.generative.gan.DEFAULTS)")
+    p.add_argument("--mbstd", action=argparse.BooleanOptionalAction, default=None, help="GAN minibatch std-dev (default: on)")
+    p.add_argument("--r1", type=float, help="GAN R1 gamma (default: 0 = off)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="GAN EMA generator (default: on)")
     p.add_argument("--diffusion-steps", type=int, default=250)
     p.add_argument("--diffusion-width", type=int, default=16)
     p.add_argument("--diffusion-lr", type=float, default=2e-3)
@@ -79,8 +83,18 @@ def key_of(row: dict[str, Any]) -> tuple:
     return tuple(row[k] for k in KEY)
 
 
-def done_keys(path: str | Path) -> set[tuple]:
-    return {key_of(r) for r in read_rows(path)}
+def done_keys(path: str | Path, settings: dict[str, Any] | None = None) -> set[tuple]:
+    """Keys already in the rows file; with `settings`, only rows made with those generator settings
+    (a row of an older generator, e.g. the DCGAN before the GAN options, is redone and replaced)."""
+    return {key_of(r) for r in read_rows(path) if settings is None or r.get("generator_settings") == settings}
+
+
+def gan_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The GAN options of this invocation, defaults filled in (they are part of the rows' settings)."""
+    from metaseg.generative.gan import DEFAULTS
+
+    given = {"arch": args.gan_arch, "mbstd": args.mbstd, "r1": args.r1, "ema": args.ema}
+    return {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
 
 
 # ---------------------------------------------------------------- the study
@@ -107,6 +121,13 @@ def training_sizes(n_args: list[str], n_split: int, cap: int) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
+def run_name(generator: str, n: int, seed: int, gan: dict[str, Any] | None = None) -> str:
+    """The work folder of one generator run; GAN variants get their own (a run refuses changed settings)."""
+    if gan:
+        generator += f"-{gan['arch']}" + "-mbstd" * gan["mbstd"] + (f"-r1_{gan['r1']:g}" if gan["r1"] else "") + "-ema" * gan["ema"]
+    return f"{generator}_n{n}_s{seed}"
+
+
 def figure_name(dataset: str, generator: str, n: int, seed: int, what: str) -> str:
     return f"{dataset}_{generator}_n{n}{'' if seed == 0 else f'_s{seed}'}_{what}.png"
 
@@ -124,7 +145,7 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 
     from metaseg.data.cache import load_task
     from metaseg.data.tasks import resolve_data_root
-    from metaseg.generative.audit import run_audit
+    from metaseg.generative.audit import diversity, run_audit
     from metaseg.generative.data import load_dataset, split_by_hash
     from metaseg.generative.sample import sample_to_folder
     from metaseg.generative.segmenters import dice_per_image, fit_segmenter
@@ -162,16 +183,20 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
             log(f"[bench] {name} n={n} {seg} real: Dice {row['dice']:.4f} ({row['segmenter_s']} s)")
             report(args.rows, args.out)
         for gen in args.generators:
-            if all((name, gen, n, seg, args.seed) in done_keys(args.rows) for seg in args.segmenters):
-                continue
             diffusion = gen == "diffusion"
-            steps = args.diffusion_steps if diffusion else args.gan_steps
-            n_synth = n if args.n_synthetic == "same" else int(args.n_synthetic)
+            gan = None if diffusion else gan_options(args)
             config = RunConfig(model=gen, dataset=str(root.resolve()), size=args.size, seed=args.seed, n_train=n,
                                width=args.diffusion_width if diffusion else args.gan_width,
                                lr=args.diffusion_lr if diffusion else None, reader_options=options or None,
-                               prediction=(None if args.prediction == "epsilon" else args.prediction) if diffusion else None)
-            run = work / f"{gen}_n{n}_s{args.seed}"
+                               prediction=(None if args.prediction == "epsilon" else args.prediction) if diffusion else None,
+                               gan_options=gan)
+            settings = {"width": config.width, "lr": config.lr, "batch_size": config.batch_size,
+                        **({"prediction": args.prediction, "ddim_steps": args.sample_steps} if diffusion else gan)}
+            if all((name, gen, n, seg, args.seed) in done_keys(args.rows, settings) for seg in args.segmenters):
+                continue
+            steps = args.diffusion_steps if diffusion else args.gan_steps
+            n_synth = n if args.n_synthetic == "same" else int(args.n_synthetic)
+            run = work / run_name(gen, n, args.seed, gan)
             timing: dict[str, float] = {}
             t0 = time.perf_counter()
             ckpt = train(config, run / "run", steps, save_every=50, log_every=50, echo=log, device=device)
@@ -199,16 +224,17 @@ def run_dataset(args: argparse.Namespace, log: Callable[[str], None]) -> None:
                 shutil.copy(src, figures / figure_name(name, gen, n, args.seed, what))
             synth = load_task(samples, size=args.size)  # read back like any dataset (generic layout)
             s, r = audit["synthetic_vs_train"], audit["heldout_vs_train"]
+            spread = {f"synthetic_{k}": round(v, 4) for k, v in diversity(synth.images, synth.masks).items()}
+            spread.update({f"real_{k}": round(v, 4) for k, v in diversity(task.images[split.train], task.masks[split.train]).items()})
             for seg in args.segmenters:
-                if (name, gen, n, seg, args.seed) in done_keys(args.rows):
+                if (name, gen, n, seg, args.seed) in done_keys(args.rows, settings):
                     continue
                 t0 = time.perf_counter()
                 model = fit_segmenter(seg, synth.images, synth.masks, args.seg_steps, seed=args.seed, device=device)
                 scores = dice_per_image(model, test_x, test_y, device=device)
                 row = {**base, "generator": gen, "n_generator_train": n, "segmenter": seg, "n_segmenter_train": len(synth),
                        "n_synthetic": len(synth), "n_test": len(split.heldout), "generator_steps": step,
-                       "generator_settings": {"width": config.width, "lr": config.lr, "batch_size": config.batch_size,
-                                              **({"prediction": args.prediction, "ddim_steps": args.sample_steps} if diffusion else {})},
+                       "generator_settings": settings, **spread,
                        "dice": round(float(scores.mean()), 4), "dice_per_image": [round(float(v), 4) for v in scores],
                        "tau": args.tau, "frac_above_tau": s["frac_above_tau"], "max_corr_median": round(s["max_corr_median"], 4),
                        "max_corr_p99": round(s["max_corr_p99"], 4), "max_ssim_median": round(s["max_ssim_median"], 4),
@@ -255,11 +281,21 @@ def report(rows_path: str | Path, out: str | Path) -> dict[str, Any]:
     result = {"description": "synthetic-only vs real training (same n, same steps, same real test images) and the memorisation "
                              "audit; regenerated from " + Path(rows_path).name + " by benchmarks/synthetic.py",
               "device": f"cpu ({platform.machine()}, 1 torch thread)", "rows": rows,
-              "legacy_rows": previous.get("legacy_rows", []), "legacy_protocol": previous.get("legacy_protocol", "")}
+              # rows of the first (CXR-only) protocol, until their dataset has rows of the current one
+              "legacy_rows": [r for r in previous.get("legacy_rows", []) if r["dataset"] not in {x["dataset"] for x in rows}]}
+    if result["legacy_rows"]:
+        result["legacy_protocol"] = previous.get("legacy_protocol", "")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     write_atomic(out.with_suffix(".md"), markdown(result, out.name))
     return result
+
+
+def generator_label(r: dict[str, Any]) -> str:
+    """'gan-style' / 'gan-dcgan' (rows from before the GAN options have no arch: the DCGAN), 'diffusion'."""
+    if r["generator"] != "gan":
+        return r["generator"]
+    return f"gan-{r.get('generator_settings', {}).get('arch', 'dcgan')}"
 
 
 def _fmt(r: dict[str, Any], k: str) -> str:
@@ -276,27 +312,32 @@ def markdown(result: dict[str, Any], fig_dir: str) -> str:
              "paired diff. | n test |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['generator']} ({r['generator_steps']}) | {r['n_generator_train']} | {r['segmenter']} | "
+        lines.append(f"| {r['dataset']} | {generator_label(r)} ({r['generator_steps']}) | {r['n_generator_train']} | {r['segmenter']} | "
                      f"{_fmt(r, 'dice_synthetic')} | {_fmt(r, 'dice_real')} | **{100 * r['dice_ratio']:.0f} %** | "
                      f"{_fmt(r, 'dice_difference')} | {r['n_test']} |")
     lines += ["", f"Memorisation (tau = {rows[0]['tau'] if rows else 0.95}; max-r = an image's maximum Pearson correlation with the "
-              "generator's training images; reference = real held-out images vs the same training images):", "",
+              "generator's training images; reference = real held-out images vs the same training images; "
+              "pairwise r = mean Pearson r over pairs of distinct generated images, beside the same for the real training images "
+              "(near 1 = mode collapse); empty masks = share of generated masks with no foreground):", "",
               "| dataset | generator | n gen. train | synthetic frac > tau | median max-r | p99 max-r | median max-SSIM | "
-              "held-out frac > tau | held-out median | held-out p99 |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "held-out frac > tau | held-out median | held-out p99 | pairwise r synthetic / real | empty masks |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     seen = set()
     for r in rows:
         k = (r["dataset"], r["generator"], r["n_generator_train"], r["seed"])
         if k in seen:
             continue
         seen.add(k)
-        lines.append(f"| {r['dataset']} | {r['generator']} | {r['n_generator_train']} | {r['frac_above_tau']:.3f} | "
+        spread = (f"{r['synthetic_pairwise_r_mean']:.3f} / {r['real_pairwise_r_mean']:.3f} | {r['synthetic_empty_mask_frac']:.2f}"
+                  if "synthetic_pairwise_r_mean" in r else "- | -")
+        lines.append(f"| {r['dataset']} | {generator_label(r)} | {r['n_generator_train']} | {r['frac_above_tau']:.3f} | "
                      f"{r['max_corr_median']:.3f} | {r['max_corr_p99']:.3f} | {r['max_ssim_median']:.3f} | "
-                     f"{r['heldout_frac_above_tau']:.3f} | {r['heldout_max_corr_median']:.3f} | {r['heldout_max_corr_p99']:.3f} |")
+                     f"{r['heldout_frac_above_tau']:.3f} | {r['heldout_max_corr_median']:.3f} | {r['heldout_max_corr_p99']:.3f} | {spread} |")
     lines += ["", "Settings and CPU seconds (1 torch thread, a shared 2-core machine: ±50 %):", "",
               "| dataset | generator | n | settings | train s | sample s | audit s | segmenter s (synthetic / real) |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['generator']} | {r['n_generator_train']} | {json.dumps(r.get('generator_settings', {}))} | "
+        lines.append(f"| {r['dataset']} | {generator_label(r)} | {r['n_generator_train']} | {json.dumps(r.get('generator_settings', {}))} | "
                      f"{r.get('generator_train_s')} | {r.get('sample_s')} | {r.get('audit_s')} | {r['segmenter']}: "
                      f"{r.get('segmenter_s')} / {r.get('real_segmenter_s')} |")
     lines += ["", "Figures (per dataset, generator and n): "

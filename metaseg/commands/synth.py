@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="synth_command", metavar="{train,sample,audit}", required=True)
 
     t = sub.add_parser("train", help="train a joint generator on a dataset (resumes from --out/last.ckpt)",
-                       description="Train a GAN (DCGAN) or a diffusion model (diffusers UNet2DModel + DDPM) on the "
+                       description="Train a GAN (StyleGAN-lite or DCGAN) or a diffusion model (diffusers UNet2DModel + DDPM) on the "
                        "(image, mask) pairs of --dataset. A held-out split (by content hash) is kept away from the "
                        "generator. Progress lines go to stderr; --out/last.ckpt is rewritten atomically every "
                        "--save-every steps and every --save-minutes minutes, and rerunning the same command resumes from it.")
@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     t.add_argument("--lr", type=float, help="learning rate (default: gan 2e-4, diffusion 5e-4)")
     t.add_argument("--prediction", help="diffusion only: what the U-Net predicts, epsilon (default), v_prediction or sample")
+    t.add_argument("--gan-arch", help="gan only: style (StyleGAN-lite generator, default) or dcgan")
+    t.add_argument("--mbstd", action=argparse.BooleanOptionalAction, default=None,
+                   help="gan only: minibatch-standard-deviation feature in the discriminator (default on)")
+    t.add_argument("--r1", type=float, help="gan only: R1 gradient-penalty gamma on real samples (default 0 = off)")
+    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="gan only: sample from an exponential moving average of the generator (default on)")
     t.add_argument("--n-train", type=int, help="train on this many images of the training split (default: all of it)")
     t.add_argument("--heldout-fraction", type=float, default=0.2, help="share of source files held out (default 0.2)")
     t.add_argument("--seed", type=int, default=0, help="split, initialisation and batches (default 0)")
@@ -94,11 +100,17 @@ def run_train(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, dataset=str(Path(args.dataset).expanduser().resolve()), layout=args.layout,
                        size=check_size(args.size), width=args.width, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        n_train=args.n_train, heldout_fraction=args.heldout_fraction, reader_options=dict(args.option or []),
-                       prediction=args.prediction)
+                       prediction=args.prediction, gan_options=gan_options(args))
     path = train(config, args.out, args.steps, args.save_every, args.log_every, args.cache_dir, device=pick_device(args.device),
                  save_minutes=args.save_minutes)
     print(path)
     return 0
+
+
+def gan_options(args: argparse.Namespace) -> dict | None:
+    """The GAN options given on the command line (the rest keep metaseg.generative.gan's defaults)."""
+    given = {"arch": args.gan_arch, "mbstd": args.mbstd, "r1": args.r1, "ema": args.ema}
+    return {k: v for k, v in given.items() if v is not None} or None
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -181,3 +181,15 @@ def run_audit(synthetic: str | Path, train: str | Path, out: str | Path, heldout
                      f"max SSIM median {s['max_ssim_median']:.3f}")
         echo(f"[audit] wrote {out / 'audit.json'}, synthetic.csv, histogram.png, closest_pairs.png")
     return report
+
+
+def diversity(images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """How varied a set of (image, mask) pairs is - the mode-collapse check of docs/synthetic.md: the
+    mean Pearson r over all pairs of distinct images (1.0 = every image the same; compare with the real
+    training images' value), the share of empty masks and the mean mask area (fraction of pixels)."""
+    x = _standardise(images)
+    n = len(x)
+    gram = x @ x.T
+    pairwise = float((gram.sum() - np.trace(gram)) / (n * (n - 1))) if n > 1 else 1.0
+    area = masks.reshape(n, -1).mean(axis=1)
+    return {"pairwise_r_mean": pairwise, "empty_mask_frac": float((area == 0).mean()), "mask_area_mean": float(area.mean())}

@@ -30,6 +30,8 @@ class JointGenerator(ABC):
         return torch.randn(shape, generator=gen).to(self.device)
 
     default_lr = 2e-4
+    # constructor arguments a checkpoint written before they existed was trained with (its spec lacks them)
+    legacy_spec: dict[str, Any] = {}
 
     def spec(self) -> dict[str, Any]:
         """Constructor arguments (not the device), stored in the checkpoint to rebuild the model."""
@@ -51,8 +53,12 @@ class JointGenerator(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def create_generator(name: str, **spec: Any) -> JointGenerator:
+def generator_class(name: str) -> type[JointGenerator]:
     if name not in GENERATORS:
         raise MetasegError(f"--model: unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
     module, cls = GENERATORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**spec)
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_generator(name: str, **spec: Any) -> JointGenerator:
+    return generator_class(name)(**spec)

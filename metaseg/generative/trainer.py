@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from metaseg.errors import MetasegError, at_least
-from metaseg.generative.base import JointGenerator, create_generator
+from metaseg.generative.base import JointGenerator, create_generator, generator_class
 from metaseg.generative.data import from_joint, load_dataset, split_by_hash, to_joint
 
 FORMAT = "metaseg-synth"
@@ -44,9 +44,11 @@ class RunConfig:
     heldout_fraction: float = 0.2
     reader_options: dict[str, Any] | None = None  # e.g. {"label": "1,2"} (MSD); None = the reader's defaults
     prediction: str | None = None  # diffusion only: epsilon (None = default), v_prediction or sample
+    gan_options: dict[str, Any] | None = None  # gan only: arch, mbstd, r1, ema (None = metaseg.generative.gan's defaults)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reader_options", dict(self.reader_options) if self.reader_options else None)
+        object.__setattr__(self, "gan_options", dict(self.gan_options) if self.gan_options else None)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -96,7 +98,8 @@ def pick_device(device: str | None) -> str:
 
 
 def load_generator(ckpt: dict[str, Any], device: str = "cpu") -> JointGenerator:
-    model = create_generator(ckpt["config"]["model"], **ckpt["spec"], device=device)
+    name = ckpt["config"]["model"]
+    model = create_generator(name, **{**generator_class(name).legacy_spec, **ckpt["spec"]}, device=device)
     model.load_state_dict(ckpt["state"])
     return model
 
@@ -143,6 +146,8 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
     at_least("--batch-size", config.batch_size, 1)
     if config.prediction is not None and config.model != "diffusion":
         raise MetasegError(f"--prediction is a diffusion setting; --model {config.model} has none")
+    if config.gan_options and config.model != "gan":
+        raise MetasegError(f"--gan-arch/--mbstd/--r1/--ema are gan settings; --model {config.model} has none")
     out = Path(out).expanduser()
     resume = _prepare_out(out, config)
     task = load_dataset(config.dataset, config.size, config.layout, cache_dir, reader_options=config.reader_options)
@@ -152,15 +157,16 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
     spec = {"channels": data.shape[1], "size": config.size, "width": config.width, "lr": config.lr}
     if config.prediction is not None:
         spec["prediction"] = config.prediction
-    model = create_generator(config.model, **spec, device=device)
+    spec.update(config.gan_options or {})
     step = 0
     if resume is not None:
         if resume["train_hashes"] != [task.hashes[i] for i in split.train]:
             raise MetasegError(f"--dataset {config.dataset}: its images changed since {out / CHECKPOINT} was written; use another --out")
-        model.load_state_dict(resume["state"])
+        model = load_generator(resume, device)  # rebuilt from its own spec: a run keeps the defaults it started with
         step = int(resume["step"])
         echo(f"[{config.model}] resuming {out / CHECKPOINT} at step {step}/{steps}")
     else:
+        model = create_generator(config.model, **spec, device=device)
         echo(f"[{config.model}] training on {len(split.train)} images of {config.dataset} at {config.size} px on {device} "
              f"({len(split.heldout)} held out), {sum(p.numel() for p in _params(model))} parameters, {steps} steps")
 
@@ -196,7 +202,7 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
 
 
 def _params(model: JointGenerator) -> list[torch.nn.Parameter]:
-    return [p for v in vars(model).values() if isinstance(v, torch.nn.Module) for p in v.parameters()]
+    return [p for v in vars(model).values() if isinstance(v, torch.nn.Module) for p in v.parameters() if p.requires_grad]
 
 
 def _write_preview(model: JointGenerator, out: Path, seed: int) -> None:
