@@ -55,8 +55,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gan-width", type=int, default=32)
     p.add_argument("--gan-arch", help="style (StyleGAN-lite) or dcgan (default: metaseg.generative.gan.DEFAULTS)")
     p.add_argument("--mbstd", action=argparse.BooleanOptionalAction, default=None, help="GAN minibatch std-dev (default: on)")
-    p.add_argument("--r1", type=float, help="GAN R1 gamma (default: 0 = off)")
+    p.add_argument("--r1", type=float, help="GAN R1 gamma (default: 1; 0 = off)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="GAN EMA generator (default: on)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="gan only: DiffAugment translation + cutout of what the discriminator sees (default off)")
+    p.add_argument("--mode-seeking", type=float, help="gan only: weight of the mode-seeking (MSGAN) term (default 1; 0 = off)")
     p.add_argument("--diffusion-steps", type=int, default=250)
     p.add_argument("--diffusion-width", type=int, default=16)
     p.add_argument("--diffusion-lr", type=float, default=2e-3)
@@ -93,7 +96,8 @@ def gan_options(args: argparse.Namespace) -> dict[str, Any]:
     """The GAN options of this invocation, defaults filled in (they are part of the rows' settings)."""
     from metaseg.generative.gan import DEFAULTS
 
-    given = {"arch": args.gan_arch, "mbstd": args.mbstd, "r1": args.r1, "ema": args.ema}
+    given = {"arch": args.gan_arch, "mbstd": args.mbstd, "r1": args.r1, "ema": args.ema, "augment": args.augment,
+             "mode_seeking": args.mode_seeking}
     return {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
 
 
@@ -125,6 +129,7 @@ def run_name(generator: str, n: int, seed: int, gan: dict[str, Any] | None = Non
     """The work folder of one generator run; GAN variants get their own (a run refuses changed settings)."""
     if gan:
         generator += f"-{gan['arch']}" + "-mbstd" * gan["mbstd"] + (f"-r1_{gan['r1']:g}" if gan["r1"] else "") + "-ema" * gan["ema"]
+        generator += "-aug" * gan.get("augment", False) + (f"-ms_{gan['mode_seeking']:g}" if gan.get("mode_seeking") else "")
     return f"{generator}_n{n}_s{seed}"
 
 

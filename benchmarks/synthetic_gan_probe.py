@@ -24,13 +24,19 @@ from benchmarks._rows import append_row, read_rows
 from benchmarks.synthetic import READER_OPTIONS, ROWS
 
 # name -> GAN options; "dcgan" is the generator of the first study (metaseg.generative.gan.LEGACY)
+_OFF = {"augment": False, "mode_seeking": 0.0}
 VARIANTS = {
-    "dcgan": {"arch": "dcgan", "mbstd": False, "r1": 0.0, "ema": False},
-    "dcgan+mbstd+ema": {"arch": "dcgan", "mbstd": True, "r1": 0.0, "ema": True},
-    "dcgan+mbstd+ema+r1": {"arch": "dcgan", "mbstd": True, "r1": 1.0, "ema": True},
-    "style+mbstd+ema": {"arch": "style", "mbstd": True, "r1": 0.0, "ema": True},
-    "style+mbstd+ema+r1": {"arch": "style", "mbstd": True, "r1": 1.0, "ema": True},
+    "dcgan": {"arch": "dcgan", "mbstd": False, "r1": 0.0, "ema": False, **_OFF},
+    "dcgan+mbstd+ema": {"arch": "dcgan", "mbstd": True, "r1": 0.0, "ema": True, **_OFF},
+    "dcgan+mbstd+ema+r1": {"arch": "dcgan", "mbstd": True, "r1": 1.0, "ema": True, **_OFF},
+    "style+mbstd+ema": {"arch": "style", "mbstd": True, "r1": 0.0, "ema": True, **_OFF},
+    "style+mbstd+ema+r1": {"arch": "style", "mbstd": True, "r1": 1.0, "ema": True, **_OFF},
+    "dcgan+mbstd+ema+r1+aug": {"arch": "dcgan", "mbstd": True, "r1": 1.0, "ema": True, "augment": True, "mode_seeking": 0.0},
+    "dcgan+mbstd+ema+r1+ms": {"arch": "dcgan", "mbstd": True, "r1": 1.0, "ema": True, "augment": False, "mode_seeking": 1.0},
+    "style+mbstd+ema+r1+ms": {"arch": "style", "mbstd": True, "r1": 1.0, "ema": True, "augment": False, "mode_seeking": 1.0},
+    "dcgan+mbstd+ema+r1+ms+aug": {"arch": "dcgan", "mbstd": True, "r1": 1.0, "ema": True, "augment": True, "mode_seeking": 1.0},
 }
+LR = {}  # variant -> learning rate (default: the GAN's 2e-4)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                for r in read_rows(args.out)):
             continue
         config = RunConfig(model="gan", dataset=str(root.resolve()), size=64, seed=args.seed, n_train=args.n_train, width=args.width,
-                           reader_options=options or None, gan_options=VARIANTS[name])
+                           reader_options=options or None, gan_options=VARIANTS[name], lr=LR.get(name))
         work = Path(args.work) / f"{args.dataset}_{name}_n{args.n_train}_s{args.seed}"
         t0 = time.perf_counter()
         ckpt = train(config, work / "run", args.steps, save_every=50, log_every=50, echo=log)

@@ -10,7 +10,7 @@ import torch
 
 from metaseg.generative.audit import diversity
 from metaseg.generative.data import from_joint
-from metaseg.generative.gan import GAN, LEGACY
+from metaseg.generative.gan import GAN, LEGACY, diff_augment
 from metaseg.generative.trainer import RunConfig, load_generator, read_synth_checkpoint, save_atomic, train
 from metaseg.models.generators import DCGANGenerator, MinibatchStdDev, StyleGenerator
 from tests.test_synth import write_dataset
@@ -34,6 +34,19 @@ def test_minibatch_stddev_tells_a_collapsed_batch_from_a_varied_one():
     assert torch.equal(layer(varied)[:, :3], varied)  # the features pass through unchanged
 
 
+def test_diff_augment_moves_image_and_mask_together_and_is_seeded():
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    joint = torch.cat([x, x], dim=1)  # a mask channel equal to the image channel
+    a = diff_augment(joint, torch.Generator().manual_seed(1))
+    assert a.shape == joint.shape and torch.equal(a[:, 0], a[:, 1])  # one transform for image and mask
+    assert torch.equal(a, diff_augment(joint, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, diff_augment(joint, torch.Generator().manual_seed(2)))
+    assert ((a == 0).flatten(1).float().mean(1) >= 0.25 - 1e-6).all()  # a cut-out square of half the side
+    fake = joint.clone().requires_grad_(True)
+    diff_augment(fake, torch.Generator().manual_seed(1)).sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0  # differentiable: the generator learns through it
+
+
 @pytest.mark.parametrize("net", [DCGANGenerator, StyleGenerator])
 def test_generators_map_different_z_to_different_samples(net):
     torch.manual_seed(0)
@@ -44,8 +57,8 @@ def test_generators_map_different_z_to_different_samples(net):
 
 
 @pytest.mark.parametrize("options", [
-    {"arch": "style", "mbstd": True, "r1": 1.0, "ema": True},
-    {"arch": "dcgan", "mbstd": True, "r1": 0.0, "ema": True},
+    {"arch": "style", "mbstd": True, "r1": 1.0, "ema": True, "augment": False, "mode_seeking": 0.0},
+    {"arch": "dcgan", "mbstd": True, "r1": 1.0, "ema": True, "augment": True, "mode_seeking": 1.0},
     dict(LEGACY),
 ])
 def test_gan_variants_train_sample_and_resume_exactly(env, options):

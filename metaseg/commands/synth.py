@@ -34,9 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--gan-arch", help="gan only: style (StyleGAN-lite generator, default) or dcgan")
     t.add_argument("--mbstd", action=argparse.BooleanOptionalAction, default=None,
                    help="gan only: minibatch-standard-deviation feature in the discriminator (default on)")
-    t.add_argument("--r1", type=float, help="gan only: R1 gradient-penalty gamma on real samples (default 0 = off)")
+    t.add_argument("--r1", type=float, help="gan only: R1 gradient-penalty gamma on real samples (default 1; 0 = off)")
     t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="gan only: sample from an exponential moving average of the generator (default on)")
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="gan only: DiffAugment translation + cutout of what the discriminator sees (default off)")
+    t.add_argument("--mode-seeking", type=float, help="gan only: weight of the mode-seeking (MSGAN) term (default 1; 0 = off)")
     t.add_argument("--n-train", type=int, help="train on this many images of the training split (default: all of it)")
     t.add_argument("--heldout-fraction", type=float, default=0.2, help="share of source files held out (default 0.2)")
     t.add_argument("--seed", type=int, default=0, help="split, initialisation and batches (default 0)")
@@ -109,7 +112,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def gan_options(args: argparse.Namespace) -> dict | None:
     """The GAN options given on the command line (the rest keep metaseg.generative.gan's defaults)."""
-    given = {"arch": args.gan_arch, "mbstd": args.mbstd, "r1": args.r1, "ema": args.ema}
+    given = {"arch": args.gan_arch, "mbstd": args.mbstd, "r1": args.r1, "ema": args.ema, "augment": args.augment,
+             "mode_seeking": args.mode_seeking}
     return {k: v for k, v in given.items() if v is not None} or None
 
 

@@ -147,7 +147,7 @@ def train(config: RunConfig, out: str | Path, steps: int, save_every: int = 100,
     if config.prediction is not None and config.model != "diffusion":
         raise MetasegError(f"--prediction is a diffusion setting; --model {config.model} has none")
     if config.gan_options and config.model != "gan":
-        raise MetasegError(f"--gan-arch/--mbstd/--r1/--ema are gan settings; --model {config.model} has none")
+        raise MetasegError(f"--gan-arch/--mbstd/--r1/--ema/--augment/--mode-seeking are gan settings; --model {config.model} has none")
     out = Path(out).expanduser()
     resume = _prepare_out(out, config)
     task = load_dataset(config.dataset, config.size, config.layout, cache_dir, reader_options=config.reader_options)
