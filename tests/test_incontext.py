@@ -355,3 +355,9 @@ def test_compare_pairs_episodes_and_reads_the_targets_off_the_numbers():
     assert "| CVC-ClinicDB | 5 | incontext_sam − medsam_lite_finetune | +0.0 ± 0.0 | 10 |" in text
     assert "first 10 episodes" in text
     assert "target ≥ +10: missed" in text or "target ≥ +10: met" in text
+    # a target with no in-context row is unmeasured, not met; --before pairs a run against an earlier one
+    ours = [r for r in rows if r["target"] != "ISIC-2017"]
+    earlier = [dict(r, episode_dice=[d - 0.01 for d in r["episode_dice"]]) for r in ours if r["method"] == "incontext_unet"]
+    text = report({"rows": ours, "command": "x"}, medsam, None, before={"rows": earlier, "command": "y"})
+    assert "- ISIC-2017: not measured" in text and "2 of 3 targets: missed (0 of 3)" in text
+    assert "| incontext_unet | CVC-ClinicDB | +1.0 ± 0.0 | +1.0 ± 0.0 | +1.0 ± 0.0 |" in text
