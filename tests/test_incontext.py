@@ -361,3 +361,21 @@ def test_compare_pairs_episodes_and_reads_the_targets_off_the_numbers():
     text = report({"rows": ours, "command": "x"}, medsam, None, before={"rows": earlier, "command": "y"})
     assert "- ISIC-2017: not measured" in text and "2 of 3 targets: missed (0 of 3)" in text
     assert "| incontext_unet | CVC-ClinicDB | +1.0 ± 0.0 | +1.0 ± 0.0 | +1.0 ± 0.0 |" in text
+
+
+def test_probe_reads_query_reliance_and_area_off_one_episode():
+    """benchmarks.incontext_probe: the support prior itself ignores the query (swapped = 1.0) and
+    agrees with itself; the area cut keeps exactly the asked fraction of pixels."""
+    from benchmarks.incontext_probe import area_cut, probe_episode
+
+    x, y = blobs(6, UNET_SIZE, seed=5)
+    episode = Episode("blobs", x[:3], y[:3], x[3:], y[3:], ["a", "b", "c"], ["d", "e", "f"])
+    prior = create_learner("support_prior")
+    scores = probe_episode(None, prior, prior, episode)
+    assert scores["same_if_query_swapped"] == pytest.approx(1.0) and scores["agrees_with_prior"] == pytest.approx(1.0)
+    assert scores["dice"] == pytest.approx(scores["prior_dice"]) and scores["area_ratio"] == pytest.approx(scores["prior_area_ratio"])
+    model = unet(init="kaiming")  # (the default init's untrained logits are too flat to threshold differently)
+    scores = probe_episode(model, create_learner("incontext"), prior, episode)
+    assert scores["same_if_query_swapped"] < 0.99  # an untrained network reads its query
+    prob = torch.rand(2, 1, 10, 10)
+    assert area_cut(prob, 0.25).flatten(1).sum(1).tolist() == [25.0, 25.0]
