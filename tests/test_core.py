@@ -18,6 +18,52 @@ def test_functional_forward_equals_module_forward_and_substitutes_params():
     assert not torch.allclose(core.forward(model, shifted, ep.support_x), model(ep.support_x))
 
 
+class _Tied(torch.nn.Module):
+    """Two layers sharing one weight (registered under two names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(3, 3, bias=False)
+        self.b = torch.nn.Linear(3, 3, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_tied_weights_are_substituted_under_every_name():
+    torch.manual_seed(0)
+    model, x = _Tied(), torch.randn(4, 3)
+    assert core.has_tied_tensors(model) and not core.has_tied_tensors(tiny_net())
+    params = core.trainable_params(model)
+    assert list(params) == ["a.weight"]  # the tie is one parameter
+    w = torch.randn(3, 3)
+    expected = torch.tanh(x @ w.T) @ w.T
+    torch.testing.assert_close(core.forward(model, {"a.weight": w}, x), expected)
+    torch.testing.assert_close(core.loss_at(model, x, x, lambda out, y: (out - y).pow(2).sum())({"a.weight": w}),
+                               (expected - x).pow(2).sum())
+    # the flag matters: told "untied", the second use of the weight keeps the module's own
+    assert not torch.allclose(core.forward(model, {"a.weight": w}, x, tied=False), expected)
+
+
+def test_untied_forward_skips_the_tie_search_with_the_same_result():
+    model, ep = tiny_net(), random_episode()
+    shifted = {n: p + 0.1 for n, p in core.trainable_params(model).items()}
+    assert torch.equal(core.forward(model, shifted, ep.support_x, tied=False), core.forward(model, shifted, ep.support_x))
+
+
+def test_float_lr_update_is_bit_identical_to_phi_minus_lr_d_with_the_same_gradients():
+    torch.manual_seed(0)
+    p, d = torch.randn(1000, requires_grad=True), torch.randn(1000, requires_grad=True)
+    w = torch.randn(1000)
+    new = core.apply_update({"p": p}, {"p": d}, 0.1)["p"]
+    ref = p - 0.1 * d
+    assert torch.equal(new, ref)
+    g_new = torch.autograd.grad((new * w).sum(), (p, d))
+    g_ref = torch.autograd.grad((ref * w).sum(), (p, d))
+    assert all(torch.equal(a, b) for a, b in zip(g_new, g_ref))
+
+
 def test_sgd_step_is_plain_gradient_descent():
     model, ep = tiny_net(), random_episode()
     params = core.trainable_params(model)
@@ -25,7 +71,7 @@ def test_sgd_step_is_plain_gradient_descent():
     new, _, loss = core.inner_step(loss_fn, params, 0.3, second_order=False)
     g = torch.autograd.grad(loss_fn(params), list(params.values()))
     for (n, p), gn in zip(params.items(), g):
-        torch.testing.assert_close(new[n], p - 0.3 * gn)
+        assert torch.equal(new[n], p - 0.3 * gn)  # bit for bit
     assert float(loss) == pytest.approx(float(loss_fn(params).detach()))
 
 
