@@ -6,7 +6,11 @@ Every implementation computes one meta-gradient (inner loop on the support set, 
 gradient w.r.t. the initial weights); rows report the median seconds of `--repeats` calls after
 a warm-up (implementations are interleaved round-robin so background load hits all alike), the
 peak memory of one call (method in benchmarks/_common.py) and the max abs difference of the
-gradient from metaseg's for the same algorithm. Peers that are not installed are skipped
+gradient from metaseg's for the same algorithm. Each row's time relative to metaseg's is also
+given paired per round (each call over metaseg's call of the same round: mean and 95% t-interval
+over the rounds), in wall-clock and, on CPU, in this thread's CPU time (time.thread_time), which
+other jobs on a shared machine disturb far less than the wall clock: metaseg's MAML and torchopt's
+MetaSGD run the same aten ops, so only such an interval says whether one is faster. Peers that are not installed are skipped
 (bash benchmarks/install_peers.sh .venv/bin/python installs them).
 
     python -m benchmarks.peers                    # CPU -> benchmarks/results/peers.json + peers.md
@@ -22,6 +26,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -31,6 +36,7 @@ import torch
 from benchmarks import _common
 from metaseg.losses import bce_dice_loss
 from metaseg.meta import core, create_learner
+from metaseg.metrics import mean_ci95
 
 Grads = list[torch.Tensor]
 
@@ -160,17 +166,34 @@ def build(args, model, ep) -> list[tuple[str, str, Callable[[], None]]]:
     return rows
 
 
+def paired_ratio(times: list[float], reference: list[float]) -> list[float] | None:
+    """[mean, 95% half-width] over rounds of times[i] / reference[i] (the same round's calls), or
+    None without times (thread CPU time is not measured on CUDA)."""
+    if not times or not reference:
+        return None
+    mean, ci = mean_ci95([t / r for t, r in zip(times, reference, strict=True)])
+    return [round(mean, 4), round(ci, 4)]
+
+
+def ratio_text(pair: list[float] | None) -> str:
+    return "—" if pair is None else f"{pair[0]:.3f} ± {pair[1]:.3f}"
+
+
 def markdown(rows: list[dict]) -> str:
-    head = "| algorithm | implementation | s / meta-step | peak memory (MB) | max abs grad diff vs metaseg | x metaseg time |\n"
-    head += "|---|---|---:|---:|---:|---:|\n"
+    head = ("| algorithm | implementation | s / meta-step | peak memory (MB) | max abs grad diff vs metaseg | x metaseg time | "
+            "x metaseg, paired per round (wall) | x metaseg, paired per round (thread CPU) |\n")
+    head += "|---|---|---:|---:|---:|---:|---:|---:|\n"
     base = {r["algorithm"]: r["seconds_per_meta_step"] for r in rows if r["impl"] == "metaseg"}
     lines = [f"| {r['algorithm']} | {r['impl']} | {r['seconds_per_meta_step']:.3f} | {r['peak_memory_mb']:.1f} | "
-             f"{r['max_abs_grad_diff']:.1e} | {r['seconds_per_meta_step'] / base[r['algorithm']]:.2f} |" for r in rows]
+             f"{r['max_abs_grad_diff']:.1e} | {r['seconds_per_meta_step'] / base[r['algorithm']]:.2f} | "
+             f"{ratio_text(r.get('x_metaseg_paired_wall'))} | {ratio_text(r.get('x_metaseg_paired_cpu'))} |" for r in rows]
     s = rows[0]
     settings = (f"Device: {s['device']}; U-Net (resnet18 encoder, depth 3, GroupNorm, {s['parameters']} parameters), "
                 f"{s['image_size']} px, {s['shots']} shots + {s['queries']} queries, {s['inner_steps']} inner SGD steps "
                 f"(lr {s['inner_lr']}), iMAML λ={s['lam']}, {s['cg_steps']} CG steps; median of {s['repeats']} after warm-up; "
-                f"{s['threads']} CPU thread(s); torch {torch.__version__}.\n\nMemory: {s['memory_method']}.\n")
+                f"{s['threads']} CPU thread(s); torch {torch.__version__}.\n\nMemory: {s['memory_method']}.\n\n"
+                "Paired: each call's time over metaseg's call of the same algorithm in the same round; "
+                "mean ± 95% t-interval over the rounds (thread CPU: time.thread_time of the calls, CPU only).\n")
     return head + "\n".join(lines) + "\n\n" + settings
 
 
@@ -224,9 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         grads[(impl, alg)] = collect(model, run)
         print(f"warm-up done: {impl} {alg}", file=sys.stderr, flush=True)
     times: dict[tuple[str, str], list[float]] = {(impl, alg): [] for impl, alg, _ in impls}
+    cpu_times: dict[tuple[str, str], list[float]] = {(impl, alg): [] for impl, alg, _ in impls}
     for _ in range(args.repeats):  # round-robin: background load affects every implementation alike
         for impl, alg, run in impls:
+            cpu0 = time.thread_time()
             times[(impl, alg)].append(_common.timed(lambda: collect(model, run), args.device, repeats=1, warmup=0))
+            if args.device == "cpu":  # on CUDA the host thread's time says nothing about the kernels
+                cpu_times[(impl, alg)].append(time.thread_time() - cpu0)
     memory_method = ("torch.cuda.max_memory_allocated during one call minus memory allocated before it" if args.device == "cuda"
                      else "one fresh subprocess per implementation: peak RSS growth during one call (after a warm-up call), "
                           "sampled every 1 ms from /proc/self/statm; glibc mmap threshold fixed so freed tensors return to the OS")
@@ -237,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
         diff = max(float((a - b).abs().max()) for a, b in zip(grads[(impl, alg)], ref))
         rows.append({
             "impl": impl, "algorithm": alg, "seconds_per_meta_step": sorted(times[(impl, alg)])[len(times[(impl, alg)]) // 2],
-            "min_seconds": min(times[(impl, alg)]), "all_seconds": [round(t, 4) for t in times[(impl, alg)]], "peak_memory_mb": round(peak, 1),
+            "min_seconds": min(times[(impl, alg)]), "all_seconds": [round(t, 4) for t in times[(impl, alg)]],
+            "all_cpu_seconds": [round(t, 4) for t in cpu_times[(impl, alg)]],
+            "x_metaseg_paired_wall": paired_ratio(times[(impl, alg)], times[("metaseg", alg)]),
+            "x_metaseg_paired_cpu": paired_ratio(cpu_times[(impl, alg)], cpu_times[("metaseg", alg)]),
+            "peak_memory_mb": round(peak, 1),
             "max_abs_grad_diff": diff, "device": _common.device_description(args.device), "image_size": args.size,
             "shots": args.shots, "queries": args.queries, "inner_steps": args.inner_steps, "inner_lr": args.inner_lr,
             "lam": args.lam, "cg_steps": args.cg_steps, "repeats": args.repeats, "threads": args.threads,
             "parameters": sum(p.numel() for p in trainable(model)), "memory_method": memory_method,
         })
-        print(json.dumps({k: rows[-1][k] for k in ("impl", "algorithm", "seconds_per_meta_step", "peak_memory_mb", "max_abs_grad_diff")}), flush=True)
+        print(json.dumps({k: rows[-1][k] for k in ("impl", "algorithm", "seconds_per_meta_step", "x_metaseg_paired_cpu", "peak_memory_mb", "max_abs_grad_diff")}), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
