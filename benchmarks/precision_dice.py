@@ -9,9 +9,12 @@ benchmarks/fewshot.yaml: 32 px, the light U-Net, leave-one-dataset-out) with one
 - bf16 inference: the same checkpoint adapted and evaluated under `--precision bf16-mixed`;
 - bf16 end to end: meta-trained in bf16-mixed and evaluated in bf16.
 
-Every row is scored on the same fixed episodes (seeded sampler). Writes
+Every row is scored on the same fixed episodes (the sampler is seeded per episode index, so the
+first N episodes of a longer run are those of an N-episode run). Writes
 benchmarks/results/precision_dice.json; resumable (the meta-training parts resume through
-benchmarks.fewshot's work_dir).
+benchmarks.fewshot's work_dir; a row is kept only if it has --episodes episodes). `--trained fp32`
+re-scores only the rows of fp32 checkpoints (fp32 and bf16 inference), keeping the bf16-trained
+rows of an earlier run; a row is compared with fp32 over the episodes both have.
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--trained", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                   help="which meta-training precisions to (re-)score: more episodes narrow the inference rows; "
+                        "the bf16-trained rows' spread is the training run's, which more episodes do not remove")
     p.add_argument("--work-dir", default="runs/precision_dice")
     p.add_argument("--out", default=str(RESULT))
     args = p.parse_args(argv)
@@ -62,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(args.work_dir)
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
-    result.update({"command": "python -m benchmarks.precision_dice " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = "python -m benchmarks.precision_dice " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["commands"] = [c for c in result.get("commands", [result["command"]] if "command" in result else []) if c != command] + [command]
+    result.update({"command": command,  # the last; "commands": every run whose rows the file holds, in order
                    "protocol": f"config {args.config} reduced: target {args.target}, {args.steps} meta-training steps, "
                                f"K={args.shots}, {args.episodes} episodes x up to {cfg['evaluation'].get('queries', 15)} queries, "
                                f"{cfg['adaptation']['steps']} adaptation steps, {cfg['image_size']} px, 1 thread",
@@ -72,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in args.learners:
         for trained, evaluated in (("fp32", ["fp32", "bf16-mixed"]), ("bf16", ["bf16-mixed"])):
+            if trained not in args.trained:
+                continue
             method = f"{name}_{trained}"
             keys = [f"{name}: trained {trained}, evaluated {e}" for e in evaluated]
-            if all(k in rows for k in keys):
-                continue
+            if all(rows.get(k, {}).get("episodes") == args.episodes for k in keys):
+                continue  # a row from a run with another --episodes is re-scored, not reused
             run_dir = work_dir / args.target / method
             run_dir.mkdir(parents=True, exist_ok=True)
             model, learner, info = fewshot.meta_train(cfg, method, args.target, run_dir, "cpu")
@@ -100,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         ref = rows[f"{name}: trained fp32, evaluated fp32"]
         for k, r in rows.items():
             if k.startswith(name + ":"):
-                r["dice_minus_fp32_points"] = round(100 * (r["dice"] - ref["dice"]), 2)
-                # paired over the same episodes (the sampler is seeded per episode index): the
-                # interval that says whether bf16 is within a point, which the two unpaired CIs cannot
-                ci = paired_ci95(r["episode_dice"], ref["episode_dice"])[1]
+                # paired over the same episodes (the sampler is seeded per episode index), the
+                # first n both rows have: the interval that says whether bf16 is within a point,
+                # which the two unpaired CIs cannot; the difference is the per-episode mean's
+                # (every episode has the same number of queries, so it is the per-image one)
+                n = min(len(r["episode_dice"]), len(ref["episode_dice"]))
+                mean, ci, _ = paired_ci95(r["episode_dice"][:n], ref["episode_dice"][:n])
+                r["dice_minus_fp32_points"] = round(100 * mean, 2)
                 r["dice_minus_fp32_paired_ci95"] = round(100 * ci, 2)
+                r["paired_episodes"] = n
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
