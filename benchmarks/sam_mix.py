@@ -369,9 +369,10 @@ def figure(dataset: str, data, n: int, seed: int = FIGURE_SEED, count: int = 4) 
         row[2].imshow(image, cmap="gray")
         row[2].imshow(np.ma.masked_less_equal(out["logits"][i, 0], 0), alpha=0.5, cmap="autumn")
         row[2].contour(data.masks["test"][i], levels=[0.5], colors="lime", linewidths=0.8)
-        row[2].set_title(f"SAM-Mix mask (red), truth (green); N={n}, seed {seed}", fontsize=8)
+        row[2].set_title("SAM-Mix mask (red), truth (green)", fontsize=8)
         for ax in row:
             ax.axis("off")
+    fig.suptitle(f"{dataset}: SAM-Mix, N={n} masks, training seed {seed}", fontsize=9)
     fig.tight_layout()
     path = RESULTS / f"sam_mix_{dataset}.png"
     tmp = path.with_name(".tmp-" + path.name)
