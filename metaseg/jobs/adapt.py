@@ -22,7 +22,7 @@ from metaseg.data.resize import resize_image
 from metaseg.data.types import TaskArrays
 from metaseg.errors import MetasegError
 from metaseg.jobs import checks
-from metaseg.jobs.methods import attach_cam_prompts, build_method, check_cam_prompts, resolve_device, uses_checkpoint
+from metaseg.jobs.methods import attach_cam_prompts, build_method, resolve_device, uses_checkpoint
 from metaseg.meta import core
 from metaseg.metrics import mean_ci95, mean_ci_text
 from metaseg.outputs import OutputFolder
@@ -188,7 +188,7 @@ def run_adapt(
     dev = resolve_device(device)
     if uses_checkpoint(checkpoint, None):
         checks.checkpoint_file("--checkpoint", checkpoint)
-    check_cam_prompts(cam_prompts)
+    checks.cam_prompter_file("--cam-prompts", cam_prompts)
     options = dict(reader_options or {})
     support_path = checks.existing_folder("--support", support)
     check_support_size(len(list_task(support_path, layout, **options).pairs), shots)

@@ -45,6 +45,15 @@ def checkpoint_file(option: str, value: str | Path) -> None:
     read_checkpoint(value, option)
 
 
+def cam_prompter_file(option: str, value: str | Path | None) -> None:
+    """--cam-prompts: not given, or a prompter file `metaseg adapt --method sam_mix` wrote (read with
+    weights_only; no model is built)."""
+    if value is not None:
+        from metaseg.models.sam_mix import read_cam_prompter
+
+        read_cam_prompter(value, option)
+
+
 def precision(option: str, value: str) -> None:
     """--precision: one of metaseg.meta.core.PRECISIONS."""
     from metaseg.meta.core import PRECISIONS

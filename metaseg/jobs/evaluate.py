@@ -24,7 +24,7 @@ from metaseg.data.tasks import TaskSpec
 from metaseg.data.types import Episode, TaskArrays
 from metaseg.errors import MetasegError
 from metaseg.jobs import checks
-from metaseg.jobs.methods import attach_cam_prompts, build_method, check_cam_prompts, resolve_device, uses_checkpoint
+from metaseg.jobs.methods import attach_cam_prompts, build_method, resolve_device, uses_checkpoint
 from metaseg.meta import core
 from metaseg.meta.scoring import score_episode
 from metaseg.metrics import mean_ci95, mean_ci_text
@@ -219,7 +219,7 @@ def run_evaluate(
     dev = resolve_device(device)
     if uses_checkpoint(checkpoint, method):
         checks.checkpoint_file("--checkpoint", checkpoint)
-    check_cam_prompts(cam_prompts)
+    checks.cam_prompter_file("--cam-prompts", cam_prompts)
     spec = dataset_spec(dataset, layout, reader_options)
     check_episode_counts(list(shots), queries, {spec.name: count_images(spec)})
 

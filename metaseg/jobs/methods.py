@@ -72,14 +72,6 @@ def adaptation_steps(learner: nn.Module, steps: int | None) -> int | None:
     return int(steps) if steps is not None else getattr(inner, "inner_steps", None)
 
 
-def check_cam_prompts(path: str | None) -> None:
-    """--cam-prompts names an existing file (checked before any work; its content when loaded)."""
-    from pathlib import Path
-
-    if path is not None and not Path(path).expanduser().is_file():
-        raise MetasegError(f"--cam-prompts: no such file {path} (`metaseg adapt --method sam_mix` writes cam_prompter.pt)")
-
-
 def attach_cam_prompts(found: Method, path: str | None) -> Method:
     """`--cam-prompts FILE`: the method's SAM-based model takes its box prompt from SAM-Mix's trained
     presence + CAM head (the file `metaseg adapt --method sam_mix` writes) instead of the whole-image

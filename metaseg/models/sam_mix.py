@@ -149,18 +149,25 @@ def save_cam_prompter(model: SamMix, path: str | Path) -> Path:
     return path
 
 
-def load_cam_prompter(path: str | Path, option: str = "--cam-prompts", embedding_cache: str | None = None) -> CamBoxPrompter:
-    """A CamBoxPrompter from a file save_cam_prompter wrote (`metaseg adapt --method sam_mix` writes
-    cam_prompter.pt); anything else is a one-line error naming `option` and the file."""
+def read_cam_prompter(path: str | Path, option: str = "--cam-prompts") -> dict:
+    """What save_cam_prompter wrote (weights only, no model built): the check a job runs before any
+    work, and the first step of load_cam_prompter. Anything else is one line naming `option` and the file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MetasegError(f"{option}: no such file {path}")
+        raise MetasegError(f"{option}: no such file {path} (`metaseg adapt --method sam_mix` writes cam_prompter.pt)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: torch raises many types
         raise MetasegError(f"{option} {path}: not a SAM-Mix prompter file ({type(err).__name__})") from None
     if not isinstance(saved, dict) or saved.get("kind") != "sam_mix_cam_prompter":
         raise MetasegError(f"{option} {path}: not a SAM-Mix prompter file (write one with `metaseg adapt --method sam_mix`)")
+    return saved
+
+
+def load_cam_prompter(path: str | Path, option: str = "--cam-prompts", embedding_cache: str | None = None) -> CamBoxPrompter:
+    """A CamBoxPrompter from a file save_cam_prompter wrote (`metaseg adapt --method sam_mix` writes
+    cam_prompter.pt); anything else is a one-line error naming `option` and the file."""
+    saved = read_cam_prompter(path, option)
     model = create_sam_mix(prompts="box", cam_threshold=saved["cam_threshold"], image_size=saved["image_size"],
                            hidden=saved["hidden"], box_component=saved["box_component"], pooling=saved["pooling"],
                            embedding_cache=embedding_cache)
