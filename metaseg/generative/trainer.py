@@ -44,7 +44,7 @@ class RunConfig:
     heldout_fraction: float = 0.2
     reader_options: dict[str, Any] | None = None  # e.g. {"label": "1,2"} (MSD); None = the reader's defaults
     prediction: str | None = None  # diffusion only: epsilon (None = default), v_prediction or sample
-    gan_options: dict[str, Any] | None = None  # gan only: arch, mbstd, r1, ema (None = metaseg.generative.gan's defaults)
+    gan_options: dict[str, Any] | None = None  # gan only: arch, mbstd, r1, ema, augment, mode_seeking (None = metaseg.generative.gan.DEFAULTS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reader_options", dict(self.reader_options) if self.reader_options else None)
