@@ -171,6 +171,15 @@ def apply_update(params: Params, direction: Params, lr: LearningRate) -> Params:
     return {n: p - _lr_for(lr, n) * direction[n] for n, p in params.items()}
 
 
+def descend(params: Params, g: Params, lr: LearningRate, optimizer: str, state: AdamState | None
+            ) -> tuple[Params, AdamState | None]:
+    """One optimiser step from `params` along the gradient `g`: the step shared by the autograd
+    inner loop (`inner_step`) and the torch.func one (`func_inner_loop`), which differ only in how
+    they take `g`."""
+    direction, state = DIRECTIONS[optimizer](g, state)
+    return apply_update(params, direction, lr), state
+
+
 def inner_step(
     loss_fn: LossFn, params: Params, lr: LearningRate, optimizer: str = "sgd", state: AdamState | None = None,
     second_order: bool = True,
@@ -190,8 +199,8 @@ def inner_step(
         with torch.enable_grad():
             loss = loss_fn(at)
             g = grads(loss, at)
-    direction, state = DIRECTIONS[optimizer](g, state)
-    return apply_update(params, direction, lr), state, loss.detach()
+    params, state = descend(params, g, lr, optimizer, state)
+    return params, state, loss.detach()
 
 
 def _checkpointed_step(
@@ -400,8 +409,7 @@ def func_inner_loop(loss_fn: LossFn, params: Params, steps: int, lr: LearningRat
         g, value = torch.func.grad_and_value(loss_fn)(params)
         if constant_direction:
             g = {n: t.detach() for n, t in g.items()}
-        direction, state = DIRECTIONS[optimizer](g, state)
-        params = apply_update(params, direction, lr)
+        params, state = descend(params, g, lr, optimizer, state)
         losses.append(value)
     return params, torch.stack(losses) if losses else next(iter(params.values())).new_zeros(0)
 
