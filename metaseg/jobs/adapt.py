@@ -44,7 +44,7 @@ def list_query_images(folder: str | Path, layout: str | None = None,
     folder of images (searched recursively; no ground truth). Returns the list and a description.
     Listing only: nothing is decoded, so a wrong --images is refused before any work."""
     from metaseg.data.readers import detect_layout, list_pairs
-    from metaseg.data.readers._common import image_files, rel_stem
+    from metaseg.data.readers import image_files, rel_stem
 
     folder = checks.existing_folder("--images", folder)
     try:

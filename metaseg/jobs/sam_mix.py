@@ -67,7 +67,7 @@ def _column(header: list[str], name: str | None, option: str, path: Path) -> int
 def label_key(name: str) -> str:
     """An image reference reduced to its file stem (folders and image extension dropped), so that a
     CSV naming files ("benign (1).png", "imgs/ISIC_0000000.jpg") matches ids ("benign/benign (1)")."""
-    from metaseg.data.readers._common import IMAGE_SUFFIXES
+    from metaseg.data.readers import IMAGE_SUFFIXES
 
     name = name.strip().replace("\\", "/")
     tail = name.rsplit("/", 1)[-1]

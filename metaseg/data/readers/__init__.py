@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from metaseg.data.readers import busi, generic, isic, layouts, msd
+from metaseg.data.readers._common import IMAGE_SUFFIXES, image_files, rel_stem  # public: jobs list user folders with them
 from metaseg.data.types import Pair
 from metaseg.errors import MetasegError, option
 
