@@ -52,7 +52,7 @@ def _train_sam(method: str, data, rows: np.ndarray, args, tests: list[np.ndarray
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix, predict_sam_mix
 
     prompts = {"sam_mix": "box+dense", "ablation_cam_box": "box", "medsam_whole_box": "whole"}[method]
-    model = create_sam_mix(prompts=prompts, image_size=args.size, seed=args.seed)
+    model = create_sam_mix(prompts=prompts, image_size=args.size, seed=args.seed, refine=args.refine)
     # no image without the structure (Kvasir-SEG, ISIC-2017): nothing to gate with, threshold 0
     one_class = len(np.unique(data.present["pool"])) < 2
     labels = data.targets("pool")  # ISIC-2017: melanoma vs not (its CAM is the prompt source); else = present
@@ -146,7 +146,7 @@ def _records(data, n_pool: int, n: int, method: str, args, out: dict, seconds: f
     for name, logits in variants.items():
         rec = {"method": name, "dataset": data.name, "n_labelled": n, "seed": args.seed, "seconds": round(seconds, 1),
                "budget": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "unet_steps": args.unet_steps,
-                          "split_seed": args.split_seed},
+                          "split_seed": args.split_seed, "refine": args.refine},
                "n_pool_labels": n_pool, "n_test": len(data.ids["test"]), "test_ids": data.ids["test"],
                **extra, **score(logits, data.masks["test"])}
         if "presence" in out and method != "medsam_whole_box":
@@ -398,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=80, help="segmenter (joint) steps")
     parser.add_argument("--warmup", type=int, default=150, help="classifier-only steps")
     parser.add_argument("--unet-steps", type=int, default=200)
+    parser.add_argument("--refine", type=int, default=1,
+                        help="SAM methods: box-refinement rounds at inference (the predicted mask's box replaces the "
+                             "CAM / whole-image box); 0 = the runs made before it existed")
     parser.add_argument("--rerun", action="store_true", help="recompute runs already saved")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the saved runs, train nothing")
     parser.add_argument("--out", default=str(DEFAULT_RESULTS), help="results folder (default benchmarks/results)")

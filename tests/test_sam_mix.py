@@ -338,6 +338,7 @@ def test_adapt_cli_sam_mix_label_errors_are_one_line(tmp_path, capsys, make_pair
         (base + ["--out", str(tmp_path / "o1"), "--labels", str(tmp_path / "missing.csv")], "--labels: no such file"),
         (base + ["--out", str(tmp_path / "o2"), "--labels", str(bad)], "none of its ids"),
         (base + ["--out", str(tmp_path / "o3"), "--shots", "9"], "fewer than --shots 9"),
+        (base + ["--out", str(tmp_path / "o5"), "--refine", "-1"], "--refine"),
         (["adapt", "--method", "sam_mix", "--support", str(plain), "--images", str(plain), "--out", str(tmp_path / "o4")],
          "no class folders"),
     ):
@@ -542,3 +543,55 @@ def test_prompt_boxes_of_masks_are_the_mask_boxes_rescaled():
     boxes = boxes_from_masks(masks, 128)
     assert torch.equal(boxes, torch.tensor([[16.0, 16.0, 39.0, 39.0], [0.0, 0.0, 127.0, 127.0], [126.0, 124.0, 127.0, 127.0]]))
     assert torch.equal(boxes_from_masks(masks[:1], 64)[0], torch.tensor([8.0, 8.0, 19.0, 19.0]))  # x native, y doubled
+
+
+def test_refine_swaps_in_the_box_of_the_first_mask_and_keeps_it_where_the_mask_is_empty():
+    model = make(prompts="box", refine=1).eval()
+    seen, decoded = [], []
+    plain = model.prompt_embeddings
+
+    def spy(cam01, boxes=None):
+        out = plain(cam01, boxes)
+        seen.append(out[2].clone())
+        return out
+
+    def fake_decode(embeddings, sparse, dense):  # first pass: a rectangle in image 0, nothing in image 1
+        logits = -torch.ones(len(embeddings), 1, SIZE, SIZE)
+        if not decoded:
+            logits[0, 0, 8:16, 16:32] = 1.0
+        decoded.append(sparse)
+        return logits
+
+    model.prompt_embeddings, model.base.decode_prompted = spy, fake_decode
+    cam = torch.zeros(2, 16, 16)
+    cam[:, 2:6, 2:6] = 1.0  # CAM box: pixels 8..23 of the 64 px input
+    with torch.no_grad():
+        _, boxes = model.segment(torch.zeros(2, 256, 16, 16), cam, refine=1)
+    assert len(seen) == 2 and len(decoded) == 2
+    assert seen[1][0].tolist() == [16.0, 8.0, 31.0, 15.0]  # the mask's inclusive pixel box
+    assert torch.equal(seen[1][1], seen[0][1]) and seen[0][1].tolist() == [8.0, 8.0, 23.0, 23.0]  # empty: CAM box kept
+    assert torch.equal(boxes, seen[1])
+    decoded.clear()
+    seen.clear()
+    model.segment(torch.zeros(2, 256, 16, 16), cam)  # training's call: no refinement
+    assert len(decoded) == 1
+
+
+def test_outputs_refine_by_default_and_not_with_refine_0(toy):
+    images, _, _ = toy
+    x = torch.from_numpy(images[:2]).float() / 255
+    for refine, calls in ((1, 2), (0, 1)):
+        model = make(refine=refine).eval()
+        count = []
+        decode = model.base.decode_prompted
+        model.base.decode_prompted = lambda *a: count.append(1) or decode(*a)
+        with torch.no_grad():
+            model.outputs(x)
+        assert len(count) == calls
+    assert make().refine == 1
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_bad_refine_names_the_option(value):
+    with pytest.raises(MetasegError, match="refine"):
+        make(refine=value)

@@ -186,14 +186,15 @@ def run_sam_mix_adapt(
     support: str | Path, images: str | Path, out: str | Path, shots: int = 5, labels: str | None = None,
     absent_class: str = "normal", label_column: str | None = None, id_column: str | None = None, steps: int | None = None, warmup: int | None = None, layout: str | None = None,
     seed: int = 0, size: int | None = None, prompts: str = "box+dense", cam_threshold: float | None = None,
-    presence_threshold: float | None = None, val_fraction: float = 0.2,
+    presence_threshold: float | None = None, val_fraction: float = 0.2, refine: int = 1,
     overwrite: bool = False, cache_dir: str | None = None, echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Train SAM-Mix on `support` (labels + K masks), segment every image of `images` into `out`.
 
     cam_threshold None: chosen by box fit on the K masks; presence_threshold None: chosen on a
     held-out `val_fraction` of the labels (see the module docstring); 0 turns the gate off, and
-    then labels may all be "present" (a dataset without empty images)."""
+    then labels may all be "present" (a dataset without empty images). refine: box-refinement rounds
+    at inference (models.sam_mix)."""
     from metaseg.data.cache import load_task
     from metaseg.jobs import checks
     from metaseg.jobs.adapt import OUTPUTS, list_query_images, to_input, write_predictions
@@ -201,7 +202,8 @@ def run_sam_mix_adapt(
     from metaseg.outputs import OutputFolder
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix
 
-    for option, value, minimum in (("--shots", shots, 1), ("--steps", steps, 0), ("--warmup", warmup, 0), ("--seed", seed, 0)):
+    for option, value, minimum in (("--shots", shots, 1), ("--steps", steps, 0), ("--warmup", warmup, 0), ("--seed", seed, 0),
+                                   ("--refine", refine, 0)):
         checks.at_least(option, value, minimum)
     checks.image_size("--size", size)
     checks.unit_interval("--presence-threshold", presence_threshold)
@@ -225,7 +227,7 @@ def run_sam_mix_adapt(
              "(set --presence-threshold)")
     train = np.setdiff1d(np.arange(len(rows)), held if held is not None else [])
     torch.manual_seed(seed)
-    model = create_sam_mix(prompts=prompts, cam_threshold=cam_threshold or 0.5, image_size=size, seed=seed,
+    model = create_sam_mix(prompts=prompts, cam_threshold=cam_threshold or 0.5, image_size=size, seed=seed, refine=refine,
                            presence_threshold=0.5 if presence_threshold is None else presence_threshold)
     budget = SamMixBudget(**{k: v for k, v in (("steps", steps), ("warmup", warmup)) if v is not None},
                           auto_cam_threshold=cam_threshold is None, absent_labels=presence_threshold != 0)
