@@ -49,7 +49,13 @@ def perturb(model) -> None:
                 p.normal_(0, 0.05)
 
 
-CASES = [pytest.param(unet, UNET_SIZE, id="unet"), pytest.param(sam, SAM_SIZE, id="sam")]
+def sam_transfer(**options):
+    """incontext_sam with only the parameter-free label transfer reading the support (no conditioner)."""
+    return sam(conditioner=False, transfer="box_mask", **options)
+
+
+CASES = [pytest.param(unet, UNET_SIZE, id="unet"), pytest.param(sam, SAM_SIZE, id="sam"),
+         pytest.param(sam_transfer, SAM_SIZE, id="sam_transfer")]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +65,16 @@ def sam_model():
     return model
 
 
+@pytest.fixture(scope="module")
+def sam_transfer_model():
+    return sam_transfer()
+
+
 def build(factory, request):
-    """The shared (perturbed) SAM model, loaded only when a SAM case runs; a fresh small U-Net."""
-    return request.getfixturevalue("sam_model") if factory is sam else factory()
+    """The shared SAM models (the conditioner perturbed), loaded only when a SAM case runs; a fresh small U-Net."""
+    if factory is sam:
+        return request.getfixturevalue("sam_model")
+    return request.getfixturevalue("sam_transfer_model") if factory is sam_transfer else factory()
 
 
 @pytest.mark.parametrize("factory,size", CASES)
@@ -191,6 +204,55 @@ def test_adapt_takes_no_gradient_step(factory, size, request):
     assert all(not t.requires_grad and t.grad_fn is None for t in fast.values())
     with pytest.raises(MetasegError, match="learner.steps"):
         learner.adapt(model, x, y, steps=3)
+
+
+def test_label_transfer_is_a_set_vote_that_copies_the_mask_of_an_identical_support():
+    from metaseg.models.incontext_sam import transfer_labels
+
+    torch.manual_seed(0)
+    support, masks = torch.randn(3, 16, 4, 4), (torch.rand(3, 1, 4, 4) > 0.5).float()
+    query = torch.cat([support[1:2], torch.randn(1, 16, 4, 4)])
+    prob = transfer_labels(query, support, masks, temperature=0.01)
+    assert prob.shape == (2, 1, 4, 4) and bool(((prob >= 0) & (prob <= 1)).all())
+    assert torch.allclose(prob[0], masks[1], atol=1e-3)  # every token's nearest support token is itself
+    order = torch.tensor([2, 0, 1])
+    assert torch.allclose(transfer_labels(query, support[order], masks[order], 0.01), prob, atol=1e-6)
+    assert torch.allclose(transfer_labels(query, support, 1 - masks, 0.01), 1 - prob, atol=1e-5)
+    flat = transfer_labels(query, support, masks, temperature=1e4)  # a uniform vote: the mean mask fraction
+    assert torch.allclose(flat, masks.mean().expand_as(flat), atol=1e-3)
+
+
+def test_largest_component_keeps_only_the_biggest_blob():
+    from metaseg.models.incontext_sam import largest_component
+
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, 0, :3, :3] = 1
+    mask[0, 0, 6, 6] = 1  # a stray pixel far away
+    out = largest_component(mask)
+    assert out[0, 0, :3, :3].all() and out[0, 0, 6, 6] == 0 and out[1].sum() == 0
+
+
+def test_transfer_prompts_box_the_transferred_object_and_bad_options_are_refused(sam_transfer_model):
+    model = sam_transfer_model
+    x, y = blobs(2, SAM_SIZE, seed=4)
+    with torch.no_grad():
+        support = model.prepare_support(x[:1], y[:1])
+        query = model.base.embed(x[:1])  # the support image itself as the query
+        prob = model.transfer_map(query, support)
+    truth = torch.nn.functional.interpolate(y[:1], prob.shape[-2:], mode="area")
+    assert float(((prob > 0.5).float() - (truth > 0.5).float()).abs().mean()) < 0.1
+    model.transfer = "map"  # the map itself as the prediction, at the image's size
+    try:
+        with torch.no_grad():
+            logits = model.segment(x[:1], support)
+    finally:
+        model.transfer = "box_mask"
+    assert logits.shape == y[:1].shape and float(((logits > 0).float() - y[:1]).abs().mean()) < 0.1
+    for options, word in [({"transfer": "knn"}, "model.transfer"), ({"transfer": "map"}, "conditioner"), ({"transfer": "box", "transfer_temperature": 0}, "temperature"),
+                          ({"transfer": "box", "transfer_threshold": 1.5}, "threshold"), ({"conditioner": False}, "conditioner")]:
+        with pytest.raises(MetasegError, match=word) as err:
+            create_model("incontext_sam", image_size=SAM_SIZE, **options)
+        assert "\n" not in str(err.value)
 
 
 def test_default_unet_is_universeg_sized_with_four_encoder_and_three_decoder_levels():

@@ -13,6 +13,15 @@ the mask decoder through the prompt path SAM already has:
 Prototypes are means and attention is a softmax over the set of support tokens, so nothing
 depends on the order of the support set; each query is decoded on its own. The decoder trains
 as medsam_lite's options say (`decoder: full | lora | frozen`), with the conditioning modules.
+
+Option `transfer` (`map` | `box` | `box_mask`; default `none`): a parameter-free label transfer in
+the frozen embedding space (`transfer_labels`: every query token takes the softmax(cosine / T)-
+weighted vote of all support tokens' mask fractions). `map`: that map, upsampled, is the
+prediction (the decoder is not used); `box`: its thresholded map gives the decoder the box prompt
+LiteMedSAM was trained for (of its largest connected component); `box_mask` adds the map as SAM's
+mask prompt. It needs no training and uses every support token, so it can only gain from more
+supports; with `conditioner: false` the learned conditioner is left out and the model is the
+pretrained base prompted by the transfer alone (a `train: false` benchmark method).
 """
 from __future__ import annotations
 
@@ -22,7 +31,37 @@ import torch.nn.functional as F
 
 from metaseg.errors import MetasegError
 from metaseg.models.incontext import InContextModel, Support, check_ensemble
-from metaseg.models.medsam_lite import EMBED_DIM, MedSamLite, create_medsam_lite
+from metaseg.models.medsam_lite import EMBED_DIM, MedSamLite, boxes_from_masks, create_medsam_lite
+
+TRANSFERS = ("none", "map", "box", "box_mask")
+_QUERY_CHUNK = 4  # queries per similarity matrix in transfer_labels (memory: chunk x g^2 x K g^2 floats)
+
+
+def transfer_labels(query: torch.Tensor, embeddings: torch.Tensor, masks: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Query embeddings (B, D, g, g), support embeddings (K, D, g, g) and mask fractions (K, 1, g, g)
+    -> (B, 1, g, g) foreground probability: per query token, the softmax(cosine / temperature)-
+    weighted mean of the mask values of all K g^2 support tokens (a soft nearest-neighbour vote;
+    a set operation, so the support order does not matter)."""
+    b, d, gh, gw = query.shape
+    keys = F.normalize(embeddings, dim=1).transpose(0, 1).reshape(d, -1)  # (D, K g^2), member-major
+    values = masks.reshape(-1, 1).to(query.dtype)  # (K g^2, 1), the same order
+    out = [torch.softmax(q.flatten(2).transpose(1, 2) @ keys / temperature, dim=-1) @ values
+           for q in F.normalize(query, dim=1).split(_QUERY_CHUNK)]
+    return torch.cat(out).view(b, 1, gh, gw)
+
+
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w) binary -> the largest 8-connected component of each mask (empty stays empty):
+    one stray token far from the object would otherwise stretch the box over the image."""
+    from skimage.measure import label
+
+    out = torch.zeros_like(mask)
+    for i, m in enumerate(mask[:, 0].cpu().numpy() > 0.5):
+        labels = label(m, connectivity=2)
+        if labels.max() > 0:
+            sizes = torch.bincount(torch.as_tensor(labels).flatten())[1:]
+            out[i, 0] = torch.as_tensor(labels == int(sizes.argmax()) + 1, dtype=mask.dtype)
+    return out
 
 
 class SupportConditioner(nn.Module):
@@ -72,11 +111,13 @@ class InContextSam(InContextModel):
     """LiteMedSAM base (`base`, a MedSamLite) + `SupportConditioner`; checkpoints hold only the
     trainable parameters and the base's fingerprint, as medsam_lite's do."""
 
-    def __init__(self, base: MedSamLite, heads: int, pool: int):
+    def __init__(self, base: MedSamLite, heads: int, pool: int, conditioner: bool = True, transfer: str = "none",
+                 transfer_temperature: float = 0.1, transfer_threshold: float = 0.5):
         super().__init__()
         self.base = base
         self.in_channels, self.image_size = base.in_channels, base.image_size
-        self.conditioner = SupportConditioner(EMBED_DIM, heads, pool)
+        self.conditioner = SupportConditioner(EMBED_DIM, heads, pool) if conditioner else None
+        self.transfer, self.transfer_temperature, self.transfer_threshold = transfer, transfer_temperature, transfer_threshold
 
     def train(self, mode: bool = True) -> "InContextSam":
         """The frozen encoder stays in eval mode (its BatchNorms would otherwise use batch statistics)."""
@@ -93,13 +134,40 @@ class InContextSam(InContextModel):
         height, width = x.shape[-2:]
         query = self.base.embed(x)
         b = query.shape[0]
-        pe = self.base.prompt_encoder.get_dense_pe()
-        extra_sparse, extra_dense = self.conditioner(query, support["embeddings"], support["grid_masks"], pe)
-        sparse, dense = self.base.prompts(b)
-        logits = self.base.decode_prompted(query, torch.cat([sparse, extra_sparse], 1), dense + extra_dense)
+        if self.transfer == "map":
+            prob = F.interpolate(self.transfer_map(query, support), (height, width), mode="bilinear", align_corners=False)
+            return torch.logit(prob.clamp(1e-4, 1 - 1e-4))
+        if self.transfer == "none":
+            sparse, dense = self.base.prompts(b)
+        else:
+            sparse, dense = self.transfer_prompts(query, support)
+        if self.conditioner is not None:
+            pe = self.base.prompt_encoder.get_dense_pe()
+            extra_sparse, extra_dense = self.conditioner(query, support["embeddings"], support["grid_masks"], pe)
+            sparse, dense = torch.cat([sparse, extra_sparse], 1), dense + extra_dense
+        logits = self.base.decode_prompted(query, sparse, dense)
         if logits.shape[-2:] != (height, width):
             logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)
         return logits
+
+    def transfer_map(self, query: torch.Tensor, support: Support) -> torch.Tensor:
+        """(B, 1, g, g) foreground probability transferred from the support (no parameters)."""
+        return transfer_labels(query, support["embeddings"], support["grid_masks"], self.transfer_temperature)
+
+    def transfer_prompts(self, query: torch.Tensor, support: Support) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pretrained prompt path fed by the label transfer: the box of the largest component of
+        the thresholded map (no component: the whole image), plus for `box_mask` the map as SAM's
+        mask prompt (logits at the prompt encoder's mask size). No gradient flows through the box."""
+        with torch.no_grad():
+            prob = self.transfer_map(query, support)
+            region = largest_component((prob > self.transfer_threshold).float())
+            boxes = boxes_from_masks(region, self.image_size)
+        masks = None
+        if self.transfer == "box_mask":
+            size = self.base.prompt_encoder.mask_input_size
+            masks = torch.logit(F.interpolate(prob, size, mode="bilinear", align_corners=False).clamp(1e-4, 1 - 1e-4))
+        sparse, dense = self.base.prompt_encoder(points=None, boxes=boxes, masks=masks)
+        return sparse, dense.expand(query.shape[0], -1, -1, -1)
 
     # -- trainable-only checkpoints (metaseg.training.module.has_trainable_hook) -----------------
     def base_fingerprint(self) -> dict[str, str]:
@@ -136,6 +204,10 @@ def create_incontext_sam(
     pool: int = 2,
     ensemble: int = 0,
     ensemble_size: int = 0,
+    conditioner: bool = True,
+    transfer: str = "none",
+    transfer_temperature: float = 0.1,
+    transfer_threshold: float = 0.5,
 ) -> InContextSam:
     """GMISeg-style in-context LiteMedSAM (meta-train it with `learner: {name: incontext}`).
 
@@ -143,17 +215,31 @@ def create_incontext_sam(
       stays frozen (no encoder LoRA: the embedding cache is what makes meta-training cheap).
     heads: attention heads of the query->support cross-attention; pool: support tokens are
       average-pooled by this factor before attention (cost); ensemble / ensemble_size: see InContextModel.
+    conditioner: false leaves the learned SupportConditioner out (then only `transfer` reads the support).
+    transfer: none | map | box | box_mask, the parameter-free label transfer (the prediction, or
+      what prompts the decoder: module docstring); transfer_temperature: of its softmax over cosine similarities;
+      transfer_threshold: the map's foreground cut for the box.
     """
     if heads < 1 or EMBED_DIM % heads:
         raise MetasegError(f"model.heads must divide {EMBED_DIM}, got {heads!r}")
     if pool < 1:
         raise MetasegError(f"model.pool must be an integer >= 1, got {pool!r}")
     check_ensemble(ensemble, ensemble_size)
+    if transfer not in TRANSFERS:
+        raise MetasegError(f"model.transfer must be one of {list(TRANSFERS)}, got {transfer!r}")
+    if not isinstance(transfer_temperature, (int, float)) or not transfer_temperature > 0:
+        raise MetasegError(f"model.transfer_temperature must be a number > 0, got {transfer_temperature!r}")
+    if not isinstance(transfer_threshold, (int, float)) or not 0 < transfer_threshold < 1:
+        raise MetasegError(f"model.transfer_threshold must be a number in (0, 1), got {transfer_threshold!r}")
+    if not conditioner and transfer == "none":
+        raise MetasegError("model.conditioner: false needs model.transfer (map, box or box_mask), or nothing reads the support")
+    if conditioner and transfer == "map":
+        raise MetasegError("model.transfer: map predicts without the decoder, so it needs model.conditioner: false")
     base = create_medsam_lite(image_size=image_size, checkpoint=checkpoint, prompt_tokens=prompt_tokens,
                               dense_prompt=dense_prompt, decoder=decoder, decoder_lora_rank=decoder_lora_rank,
                               embedding_cache=embedding_cache, in_channels=in_channels, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = InContextSam(base, heads, pool)
+        model = InContextSam(base, heads, pool, bool(conditioner), transfer, float(transfer_temperature), float(transfer_threshold))
     model.ensemble, model.ensemble_size = ensemble, ensemble_size
     return model
