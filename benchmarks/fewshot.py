@@ -548,7 +548,7 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
         "config": cfg,
         "environment": environment(device),
         "jobs": jobs,
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": None if wall is None else round(wall, 1),
         "wall_seconds_note": "wall-clock time of the benchmark invocations that produced these results, "
                              "summed over resumed invocations",
         "compute_seconds": round(sum(p["train_seconds"] + p["eval_seconds"] for p in parts), 1),
@@ -557,13 +557,14 @@ def run_benchmark(cfg: dict[str, Any], device: str | None = None, methods: Seque
     }
 
 
-def record_wall(work_dir: Path, seconds: float, parts: int, jobs: int) -> float:
+def record_wall(work_dir: Path, seconds: float, parts: int, jobs: int) -> float | None:
     """Append this invocation's wall time to `<work_dir>/wall.json` when it computed any part (an
-    invocation that only reassembles finished parts adds nothing); return the total so far."""
+    invocation that only reassembles finished parts adds nothing); return the total so far, or
+    None when no invocation that computed a part was recorded (unknown, not 0)."""
     log = work_dir / "wall.json"
     entries = json.loads(log.read_text()) if log.exists() else []
     if parts == 0:
-        return float(sum(e["seconds"] for e in entries))
+        return float(sum(e["seconds"] for e in entries)) if entries else None
     entries.append({"seconds": round(seconds, 1), "parts": parts, "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     log.write_text(json.dumps(entries, indent=1))
     return float(sum(e["seconds"] for e in entries))
@@ -597,7 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = write_results(doc, cfg.get("results") or "benchmarks/results/fewshot.json")
         for written in [path, *write_report(doc, path, cfg.get("docs"))]:
             print(f"wrote {written}")
-        print(f"total wall time {doc['wall_seconds'] / 60:.1f} min on {doc['environment']['device']}")
+        wall = "not recorded" if doc["wall_seconds"] is None else f"{doc['wall_seconds'] / 60:.1f} min"
+        print(f"total wall time {wall} on {doc['environment']['device']}")
     except MetasegError as exc:
         print(f"fewshot: error: {exc}", file=sys.stderr)
         return 2

@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 import torch
 
-from benchmarks.fewshot import adaptation, build_untrained, environment, load_config, load_tasks, meta_trained
+from benchmarks.fewshot import (adaptation, build_untrained, environment, load_config, load_tasks, meta_trained,
+                                method_learner)
 from metaseg.errors import MetasegError
 
 
@@ -39,6 +40,16 @@ def load_method(cfg: dict[str, Any], method: str, target: str, device: str) -> t
         return module.model, module.learner, "meta-trained checkpoint"
     model, learner = build_untrained(cfg, method, device)
     return model, learner, "untrained weights (same cost)" if meta_trained(cfg, method) else "as benchmarked"
+
+
+def steps_per_adaptation(cfg: dict[str, Any], method: str) -> int:
+    """The gradient steps a method takes per adaptation: the budget's, or 0 for a learner with no
+    inner loop (support_prior, incontext: they take no inner_lr), whatever the shared budget says."""
+    from metaseg.registry import LEARNER_REGISTRY
+
+    name = method_learner(cfg, method)["name"]
+    has_inner_loop = "inner_lr" in LEARNER_REGISTRY.options(name, f"methods.{method}.model.learner")
+    return int(adaptation(cfg, method)["steps"]) if has_inner_loop else 0
 
 
 def time_method(cfg: dict[str, Any], method: str, task: Any, shots: int, episodes: int) -> list[dict[str, Any]]:
@@ -57,7 +68,7 @@ def time_method(cfg: dict[str, Any], method: str, task: Any, shots: int, episode
         images = sum(len(r.dice_per_image) for r in results)
         seconds, cpu = sum(r.seconds for r in results) / images, (cpu_at[-1] - cpu_at[0]) / images
         rows.append({"method": method + suffix, "target": task.name, "shots": shots, "episodes": len(results),
-                     "adaptation_steps": int(adaptation(cfg, method)["steps"]), "weights": weights,
+                     "adaptation_steps": steps_per_adaptation(cfg, method), "weights": weights,
                      "seconds_per_image": round(seconds, 4), "cpu_seconds_per_image": round(cpu, 4)})
         print(f"{method + suffix}, K={shots}: {seconds:.3f} s per adapted image, {cpu:.3f} s of CPU ({weights})", flush=True)
     return rows

@@ -88,7 +88,8 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
         f"Hardware: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_count')} cores, torch {env.get('torch')}, "
         f"{env.get('torch_threads')} thread(s) per process, {doc.get('jobs', 1)} worker process(es)), device "
         f"`{env['device']}`; total wall time "
-        f"{doc['wall_seconds'] / 60:.1f} min ({doc.get('wall_seconds_note', '')}).",
+        (f"{doc['wall_seconds'] / 60:.1f} min" if doc.get("wall_seconds") is not None else "not recorded")
+        + f" ({doc.get('wall_seconds_note', '')}).",
     ]
 
 
