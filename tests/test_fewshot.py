@@ -294,3 +294,11 @@ def test_benchmark_workers_die_when_the_benchmark_is_killed(tmp_path):
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(worker), "the pool worker outlived the killed benchmark process"
+
+
+def test_wall_time_is_unknown_not_zero_when_no_computing_invocation_was_recorded(tmp_path):
+    from benchmarks.fewshot import record_wall
+
+    assert record_wall(tmp_path, 5.0, parts=0, jobs=1) is None  # only reassembled, no log: unknown
+    assert record_wall(tmp_path, 5.0, parts=2, jobs=1) == 5.0
+    assert record_wall(tmp_path, 9.0, parts=0, jobs=1) == 5.0  # reassembling adds nothing
