@@ -60,6 +60,7 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
     trainer, module, data = (exp.get(s) or {} for s in ("trainer", "model", "data"))
     model = module.get("model") or {}
     shots = ", ".join(str(k) for k in ev["shots"])
+    wall = "not recorded" if doc.get("wall_seconds") is None else f"{doc['wall_seconds'] / 60:.1f} min"
     return [
         f"Leave-one-dataset-out over {len(cfg['datasets'])} real datasets "
         f"({', '.join(d.get('name') or d['root'] for d in cfg['datasets'])}): for each held-out target, "
@@ -87,9 +88,7 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
         "mask is the mean of the K support masks, cut to their mean foreground area: the location prior a method must beat.",
         f"Hardware: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_count')} cores, torch {env.get('torch')}, "
         f"{env.get('torch_threads')} thread(s) per process, {doc.get('jobs', 1)} worker process(es)), device "
-        f"`{env['device']}`; total wall time "
-        (f"{doc['wall_seconds'] / 60:.1f} min" if doc.get("wall_seconds") is not None else "not recorded")
-        + f" ({doc.get('wall_seconds_note', '')}).",
+        f"`{env['device']}`; total wall time {wall} ({doc.get('wall_seconds_note', '')}).",
     ]
 
 
