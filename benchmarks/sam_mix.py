@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=80, help="segmenter (joint) steps")
     parser.add_argument("--warmup", type=int, default=150, help="classifier-only steps")
     parser.add_argument("--unet-steps", type=int, default=200)
-    parser.add_argument("--refine", type=int, default=1,
+    parser.add_argument("--refine", type=int, default=0,
                         help="SAM methods: box-refinement rounds at inference (the predicted mask's box replaces the "
-                             "CAM / whole-image box); 0 = the runs made before it existed")
+                             "CAM / whole-image box); default 0 (off)")
     parser.add_argument("--rerun", action="store_true", help="recompute runs already saved")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the saved runs, train nothing")
     parser.add_argument("--out", default=str(DEFAULT_RESULTS), help="results folder (default benchmarks/results)")

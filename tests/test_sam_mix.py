@@ -546,7 +546,7 @@ def test_prompt_boxes_of_masks_are_the_mask_boxes_rescaled():
 
 
 def test_refine_swaps_in_the_box_of_the_first_mask_and_keeps_it_where_the_mask_is_empty():
-    model = make(prompts="box", refine=1).eval()
+    model = make(prompts="box").eval()
     seen, decoded = [], []
     plain = model.prompt_embeddings
 
@@ -577,7 +577,7 @@ def test_refine_swaps_in_the_box_of_the_first_mask_and_keeps_it_where_the_mask_i
     assert len(decoded) == 1
 
 
-def test_outputs_refine_by_default_and_not_with_refine_0(toy):
+def test_outputs_refine_only_when_asked(toy):
     images, _, _ = toy
     x = torch.from_numpy(images[:2]).float() / 255
     for refine, calls in ((1, 2), (0, 1)):
@@ -588,7 +588,7 @@ def test_outputs_refine_by_default_and_not_with_refine_0(toy):
         with torch.no_grad():
             model.outputs(x)
         assert len(count) == calls
-    assert make().refine == 1
+    assert make().refine == 0
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True])

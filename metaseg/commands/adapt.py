@@ -43,8 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sam_mix.add_argument("--cam-threshold", type=float, help="CAM level (of its maximum) that makes the prompt mask (default: the one whose boxes best fit the K masks)")
     sam_mix.add_argument("--presence-threshold", type=float, help="presence probability below which a mask is empty; 0 = no gate, labels may all be present "
                          "(default: chosen by balanced accuracy on a held-out --val-fraction of the labelled images without a mask)")
-    sam_mix.add_argument("--refine", type=int, default=1, help="box-refinement rounds at inference: the predicted mask's box "
-                         "replaces the CAM box, the decoder runs again (default 1; 0 = the CAM box only)")
+    sam_mix.add_argument("--refine", type=int, default=0, help="box-refinement rounds at inference: the predicted mask's box "
+                         "replaces the CAM box, the decoder runs again (default 0: the CAM box only)")
     sam_mix.add_argument("--val-fraction", type=float, default=0.2, help="share of each class's unmasked labelled images held out to choose the presence threshold (default 0.2)")
     parser.set_defaults(func=run)
 

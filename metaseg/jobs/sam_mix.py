@@ -186,7 +186,7 @@ def run_sam_mix_adapt(
     support: str | Path, images: str | Path, out: str | Path, shots: int = 5, labels: str | None = None,
     absent_class: str = "normal", label_column: str | None = None, id_column: str | None = None, steps: int | None = None, warmup: int | None = None, layout: str | None = None,
     seed: int = 0, size: int | None = None, prompts: str = "box+dense", cam_threshold: float | None = None,
-    presence_threshold: float | None = None, val_fraction: float = 0.2, refine: int = 1,
+    presence_threshold: float | None = None, val_fraction: float = 0.2, refine: int = 0,
     overwrite: bool = False, cache_dir: str | None = None, echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Train SAM-Mix on `support` (labels + K masks), segment every image of `images` into `out`.

@@ -7,15 +7,15 @@ activation map prompts the SAM segmentation branch, so no user prompt is needed.
                                             -> dense prompt (the CAM as a mask prompt, added to
                                                the embeddings by the prompt encoder)
     embeddings + prompts -> mask decoder with LoRA (rank 8 by default) -> mask logits
-    `refine` times (default 1, inference only): the box of that mask replaces the CAM box -> decoder again
+    `refine` times (default 0 = off; inference only): the box of that mask replaces the CAM box -> decoder again
 
 `prompts` chooses what the CAM gives the decoder: `box+dense` (SAM-Mix), `box`, `dense`, or
 `whole` (the whole-image box, no CAM: the fine-tuned-base baseline). With a dense prompt the
 prompt encoder's small mask-downscaling convolutions train too (LiteMedSAM was trained with boxes).
-Why refine: the CAM box is a coarse guess (IoU about 0.5 with the mask's box on BUSI); the box of the
-first predicted mask is tighter (0.56), and the base was trained with tight boxes. Chosen on BUSI
-validation masks (docs/sam_mix.md): +1.2 / +1.9 points of Dice at N=50 / N=5 for SAM-Mix, +0.5 for
-the CAM-box ablation. Training keeps the CAM box (refine=0), so the segmenter learns from CAM prompts.
+Why refine is an option, off by default: the box of the first predicted mask is tighter than the
+CAM box (IoU with the mask's box 0.49 -> 0.56 on BUSI validation), but on BUSI validation masks at
+N=50 it changed SAM-Mix's Dice by +1.2 / -1.0 / -1.6 points (seeds 0 / 1 / 2) and cost the whole-box
+baseline 5-8 points (docs/sam_mix.md). Training always uses the CAM box.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class SamMix(nn.Module):
 
     def __init__(self, base: nn.Module, prompts: str = "box+dense", cam_threshold: float = 0.5,
                  presence_threshold: float = 0.5, hidden: int = 32, cam_grad: bool = True,
-                 box_component: str = "largest", pooling: str = "lse", refine: int = 1):
+                 box_component: str = "largest", pooling: str = "lse", refine: int = 0):
         super().__init__()
         if prompts not in PROMPTS:
             raise MetasegError(f"sam_mix: prompts must be one of {list(PROMPTS)}, got {prompts!r}")
@@ -118,7 +118,7 @@ class SamMix(nn.Module):
 def create_sam_mix(prompts: str = "box+dense", cam_threshold: float = 0.5, presence_threshold: float = 0.5,
                    lora_rank: int = 8, hidden: int = 32, cam_grad: bool = True, image_size: int = 128,
                    embedding_cache: str | None = None, seed: int = 0, box_component: str = "largest",
-                   pooling: str = "lse", refine: int = 1) -> SamMix:
+                   pooling: str = "lse", refine: int = 0) -> SamMix:
     """SAM-Mix on the packaged LiteMedSAM: frozen encoder (cacheable), LoRA rank `lora_rank` on the
     mask decoder, a fresh presence head (seeded); see the module docstring for the options
     (`refine`: box-refinement rounds at inference, 0 = the CAM box only)."""
