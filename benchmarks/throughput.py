@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -222,9 +223,19 @@ def section_layout_compile(args, model, episode) -> dict[str, Any]:
     return out
 
 
+def _synchronize(device: str) -> None:
+    """Wait for queued GPU kernels, so that a timer measures them (a no-op on CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def section_vmap(args, model) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    episodes = [_common.episode(args.size, args.shots, args.queries, "cpu", seed=s) for s in range(max(args.tasks))]
+    """Tasks per second, sequential loop vs vmap_tasks, on --device (the GPU figure:
+    `--sections vmap --device cuda --out benchmarks/results/throughput_cuda.json`)."""
+    device = args.device
+    model = copy.deepcopy(model).to(device)
+    out: dict[str, Any] = {"device": device}
+    episodes = [_common.episode(args.size, args.shots, args.queries, device, seed=s) for s in range(max(args.tasks))]
     for name in ("maml", "fomaml", "imaml"):
         options = learner_options(args)[name]
         seq, vm = build(options), build({**options, "vmap_tasks": True})
@@ -243,8 +254,10 @@ def section_vmap(args, model) -> dict[str, Any]:
             times = {"sequential": [], "vmap": []}
             for _ in range(args.vmap_repeats):  # one timed call each per repeat; the last call's gradients compared
                 for key, learner in (("sequential", seq), ("vmap", vm)):
+                    _synchronize(device)
                     t0 = time.perf_counter()
                     run(learner)()
+                    _synchronize(device)
                     times[key].append(time.perf_counter() - t0)
                     if key == "sequential":
                         g_seq = flat_grads(model, seq)
@@ -300,9 +313,11 @@ def markdown(result: dict[str, Any]) -> str:
             else:
                 lines.append(f"| {label} | {row['seconds']:.3f} | {row.get('speedup_over_plain', 1.0):.2f}x | {row['first_call_seconds']} |")
     if "vmap" in result:
-        lines += ["", "Meta-batch of T episodes: tasks per second, sequential loop vs vmap_tasks:", "",
+        lines += ["", f"Meta-batch of T episodes on {result['vmap'].get('device', 'cpu')}: tasks per second, sequential loop vs vmap_tasks:", "",
                   "| learner / T | sequential tasks/s | vmap tasks/s | speed-up | max abs grad diff |", "|---|---:|---:|---:|---:|"]
         for label, row in result["vmap"].items():
+            if label == "device":
+                continue
             lines.append(f"| {label} | {row['sequential_tasks_per_s']} | {row['vmap_tasks_per_s']} | {row['speedup']:.2f}x | {row['max_abs_grad_diff']} |")
     peers = result.get("peers", {})
     if peers.get("rows"):
@@ -332,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="keep the sections already in --out")
     p.add_argument("--out", default=str(RESULT))
     args = p.parse_args(argv)
+    if args.device == "cuda":  # before, --device was accepted and ignored: every section ran on the CPU
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA device on this machine")
+        if set(args.sections) != {"vmap"}:
+            p.error("--device cuda: only the vmap section runs on a GPU (the others measure this CPU against its peak); "
+                    "use --sections vmap")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     result: dict[str, Any] = json.loads(out.read_text()) if args.resume and out.is_file() else {}
