@@ -66,9 +66,10 @@ def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
 COMPONENTS = ("largest", "all")
 
 
-def _keep_component(region: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
-    """The 8-connected component of `region` holding the most CAM mass (why: a second, weaker
-    blob elsewhere - a shadow, the image border - otherwise stretches the box over both)."""
+def strongest_component(region: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """The 8-connected component of `region` holding the most `cam` mass (why: a second, weaker
+    blob elsewhere - a shadow, the image border - otherwise stretches the box over both). With
+    `cam` = the region itself, the mass is the pixel count: the largest component."""
     from scipy import ndimage
 
     labels, count = ndimage.label(region.cpu().numpy(), structure=np.ones((3, 3)))
@@ -89,7 +90,7 @@ def cam_boxes(cam01: torch.Tensor, threshold: float, image_size: int, component:
     cams = cam01.detach()
     for cam, region in zip(cams, cams >= threshold):
         if component == "largest" and region.any():
-            region = _keep_component(region, cam)
+            region = strongest_component(region, cam)
         ys, xs = torch.nonzero(region, as_tuple=True)
         if ys.numel() == 0:
             boxes.append([0.0, 0.0, image_size - 1.0, image_size - 1.0])

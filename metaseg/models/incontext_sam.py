@@ -52,15 +52,14 @@ def transfer_labels(query: torch.Tensor, embeddings: torch.Tensor, masks: torch.
 
 def largest_component(mask: torch.Tensor) -> torch.Tensor:
     """(B, 1, h, w) binary -> the largest 8-connected component of each mask (empty stays empty):
-    one stray token far from the object would otherwise stretch the box over the image."""
-    from skimage.measure import label
+    one stray token far from the object would otherwise stretch the box over the image. The
+    component search is cam.strongest_component's, weighted by pixel count."""
+    from metaseg.models.cam import strongest_component
 
     out = torch.zeros_like(mask)
-    for i, m in enumerate(mask[:, 0].cpu().numpy() > 0.5):
-        labels = label(m, connectivity=2)
-        if labels.max() > 0:
-            sizes = torch.bincount(torch.as_tensor(labels).flatten())[1:]
-            out[i, 0] = torch.as_tensor(labels == int(sizes.argmax()) + 1, dtype=mask.dtype)
+    for i, m in enumerate(mask[:, 0] > 0.5):
+        if m.any():
+            out[i, 0] = strongest_component(m, m.float()).to(out.device, out.dtype)
     return out
 
 
