@@ -90,13 +90,16 @@ class SamMix(nn.Module):
         its box), the dense prompt stays the CAM's; no gradient through the box (a thresholded mask);
         no effect with prompts='dense' (no box)."""
         size = (self.image_size, self.image_size)
+
+        def decode(sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(self.base.decode_prompted(embeddings, sparse, dense), size, mode="bilinear", align_corners=False)
+
         sparse, dense, boxes = self.prompt_embeddings(cam01)
-        logits = F.interpolate(self.base.decode_prompted(embeddings, sparse, dense), size, mode="bilinear", align_corners=False)
+        logits = decode(sparse, dense)
         for _ in range(refine):
             own = torch.as_tensor(mask_boxes((logits.detach()[:, 0] > 0).cpu().numpy()), dtype=boxes.dtype, device=boxes.device)
             boxes = torch.where(torch.isnan(own), boxes, own)  # NaN: empty mask, keep the box it had
-            sparse, dense, _ = self.prompt_embeddings(cam01, boxes)
-            logits = F.interpolate(self.base.decode_prompted(embeddings, sparse, dense), size, mode="bilinear", align_corners=False)
+            logits = decode(*self.prompt_embeddings(cam01, boxes)[:2])
         return logits, boxes
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
