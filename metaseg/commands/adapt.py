@@ -5,6 +5,7 @@ import argparse
 
 from metaseg.commands.options import add_cam_prompts_option, add_device_option, add_precision_option
 from metaseg.commands.reader_args import add_reader_options, reader_options
+from metaseg.jobs.methods import BASELINES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Every option and path is checked before any work.",
     )
     parser.add_argument("--checkpoint", help="a .ckpt written by `metaseg meta-train` (omit or 'none': scratch baseline)")
+    parser.add_argument("--method", choices=["sam_mix", *BASELINES],
+                        help="instead of --checkpoint: incontext_sam_transfer = segment from the K supports with nothing trained "
+                             "(LiteMedSAM label transfer, docs/incontext.md); medsam_lite_zeroshot / medsam_lite_finetune = the "
+                             "pretrained base (whole-image box; fine-tuned --steps, default 10); support_prior; scratch; "
+                             "sam_mix: see below")
     parser.add_argument("--support", required=True, help="labelled dataset folder (any readable layout, incl. generic images/ + masks/)")
     parser.add_argument("--images", required=True, help="images to segment: a plain folder, or a dataset folder (its masks are ground truth)")
     add_reader_options(parser, "--support (and --images)")
@@ -31,7 +37,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_precision_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace this command's outputs in a non-empty --out")
     sam_mix = parser.add_argument_group("--method sam_mix (no checkpoint: K masks + image-level labels, docs/sam_mix.md)")
-    sam_mix.add_argument("--method", choices=["sam_mix"], help="sam_mix: CAM-prompted LiteMedSAM trained on --support's labels and K masks")
     sam_mix.add_argument("--labels", help="CSV of image-level labels: an id or file-name column and a label column "
                          "(1/0, a number >= 0.5 = present, yes/no, present/absent or a class name); default: the dataset's class folders")
     sam_mix.add_argument("--label-column", help="--labels column (header name) holding the label (default: the non-id column of a two-column CSV)")
@@ -71,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, support=args.support, images=args.images, out=args.out, shots=args.shots,
         steps=args.steps, layout=args.layout, seed=args.seed, size=args.size, overwrite=args.overwrite,
         cache_dir=args.cache_dir, device=args.device, precision=args.precision, reader_options=reader_options(args),
-        cam_prompts=args.cam_prompts,
+        cam_prompts=args.cam_prompts, method=args.method,
     )
     return 0

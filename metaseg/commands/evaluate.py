@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a baseline instead of --checkpoint: scratch trains a random init on each support; "
                              "support_prior predicts the mean support mask cut to the supports' mean area (the floor to beat); "
                              "medsam_lite_zeroshot = the pretrained LiteMedSAM base with a whole-image box; "
-                             "medsam_lite_finetune = that base fine-tuned on each support (Adam, lr 3e-4, --steps, default 10)")
+                             "medsam_lite_finetune = that base fine-tuned on each support (Adam, lr 3e-4, --steps, default 10); "
+                             "incontext_sam_transfer = in-context, nothing trained (LiteMedSAM label transfer, docs/incontext.md)")
     parser.add_argument("--dataset", required=True, help="dataset folder (or a name under the data root, or synthetic:<family>)")
     add_reader_options(parser, "--dataset")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="K values (default 1 5 10)")

@@ -169,8 +169,10 @@ def run_adapt(
     echo: Callable[[str], Any] = print,
     precision: str = "fp32",
     cam_prompts: str | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Adapt on K support pairs, segment every image of `images`, write masks/overlays/CSV into `out`.
+    `method`: a baseline of `metaseg.jobs.methods.BASELINES` instead of the checkpoint.
 
     Options, --checkpoint, --support (enough pairs for --shots) and --images (has images) are all
     checked before a model is built; --out is created only for the run, and a failed run removes
@@ -186,7 +188,7 @@ def run_adapt(
     checks.image_size("--size", size)
     folder = OutputFolder(out, OUTPUTS, overwrite).check()
     dev = resolve_device(device)
-    if uses_checkpoint(checkpoint, None):
+    if uses_checkpoint(checkpoint, method):
         checks.checkpoint_file("--checkpoint", checkpoint)
     checks.cam_prompter_file("--cam-prompts", cam_prompts)
     options = dict(reader_options or {})
@@ -195,7 +197,7 @@ def run_adapt(
     queries, description = list_query_images(images, layout, options)
 
     torch.manual_seed(seed)
-    method = attach_cam_prompts(build_method(checkpoint, None, seed, steps, device=dev), cam_prompts)
+    method = attach_cam_prompts(build_method(checkpoint, method, seed, steps, device=dev), cam_prompts)
     size = int(size or method.image_size)
     seen = SeenFlagger(method.info)  # images the checkpoint was meta-trained/validated on are flagged
     task = load_task(support_path, layout=layout, size=size, cache_dir=cache_dir, channels=method.in_channels, **options)
@@ -205,7 +207,7 @@ def run_adapt(
     sx = torch.from_numpy(task.images[rows]).float().div_(255.0).to(dev)
     sy = torch.from_numpy(task.masks[rows]).float().unsqueeze(1).to(dev)
     support_hashes = {task.hashes[i] for i in rows}
-    steps_note = "no network adapted" if method.steps is None else f"{method.steps} steps"
+    steps_note = "no gradient step" if method.steps is None else f"{method.steps} steps"
     echo(f"{method.name}: adapting on {shots} support images of {support} at {size} px "
          f"({steps_note}): {', '.join(task.ids[i] for i in rows)}")
     with torch.enable_grad(), core.autocast(precision, dev):

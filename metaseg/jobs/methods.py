@@ -17,8 +17,13 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that parsing options
     import torch.nn as nn
 
 SCRATCH_STEPS = 100  # fine-tuning steps of the scratch baseline when --steps is not given
-BASELINES = ("scratch", "support_prior", "medsam_lite_zeroshot", "medsam_lite_finetune")  # `--method` values that ignore --checkpoint
+BASELINES = ("scratch", "support_prior", "medsam_lite_zeroshot", "medsam_lite_finetune",
+             "incontext_sam_transfer")  # `--method` values that ignore --checkpoint
 MEDSAM_FINETUNE = {"inner_lr": 3e-4, "inner_optimizer": "adam", "inner_steps": 10}  # the benchmark's budget (docs/medsam_lite.md)
+# The in-context method that needs no training (docs/incontext.md, label transfer): the frozen
+# LiteMedSAM embeddings vote the support's labels onto each query; the setting is the one chosen on
+# meta-validation tasks, benchmarks/fewshot_incontext_sam_transfer.yaml (a test keeps them equal).
+INCONTEXT_TRANSFER = {"kind": "incontext_sam", "conditioner": False, "transfer": "map", "transfer_temperature": 0.03}
 DEFAULT_IMAGE_SIZE = 128  # network input size of a baseline (no checkpoint to say otherwise)
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -96,6 +101,7 @@ def build_method(checkpoint: str | None = None, method: str | None = None, seed:
     the K shots by the `transfer` learner's fine-tuning (`SCRATCH_STEPS` unless `steps`).
     support_prior: the mean of the K support masks cut to their mean area, no network (the floor to beat).
     medsam_lite_zeroshot / _finetune: the pretrained LiteMedSAM base without meta-training.
+    incontext_sam_transfer: in-context segmentation with nothing trained (`INCONTEXT_TRANSFER`).
     """
     import torch
 
@@ -113,6 +119,11 @@ def build_method(checkpoint: str | None = None, method: str | None = None, seed:
         n = 0 if method == "medsam_lite_zeroshot" else int(steps if steps is not None else MEDSAM_FINETUNE["inner_steps"])
         learner = create_learner("transfer", **dict(MEDSAM_FINETUNE, inner_steps=n)).to(device)
         return Method(model, learner, method, DEFAULT_IMAGE_SIZE, n)
+    if method == "incontext_sam_transfer":
+        if steps not in (None, 0):
+            raise MetasegError(f"--steps {steps}: --method incontext_sam_transfer takes no gradient step (leave --steps out)")
+        model = create_model(**INCONTEXT_TRANSFER, image_size=DEFAULT_IMAGE_SIZE).to(device).eval()
+        return Method(model, create_learner("incontext").to(device), method, DEFAULT_IMAGE_SIZE, None)
     torch.manual_seed(seed)
     with torch.enable_grad():  # building the U-Net runs a probe backward pass
         model = create_model(**(model_config or {"kind": "unet"})).to(device).eval()
