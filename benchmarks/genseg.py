@@ -1,7 +1,7 @@
 """GenSeg benchmark: real_only, real_aug, separate, genseg on ultra-low-data splits (issue 13).
 
     python -m benchmarks.genseg run    [--seeds 0 1 2] [--steps 150] [--size 64] [--test-cap 100]
-                                       [--n-real 8 40 100 all] [--segmenter segformer] [--rows FILE]
+                                       [--n-real 8 40 100 all] [--segmenter segformer|litemedsam] [--rows FILE]
     python -m benchmarks.genseg report [--rows FILE ...]    # results/genseg.{json,md} + figures
 
 The report pairs genseg with real_only and separate by seed and, where rows keep
@@ -120,18 +120,21 @@ def real_split(pool, n_real: int):
     return part(0, n_train), part(n_train, n_train + n_val)
 
 
-RUN_INDEPENDENT = ("method", "seed", "segmenter")  # what may differ between the rows of one file
+RUN_INDEPENDENT = ("method", "seed")  # what may differ between the rows of one segmenter
 
 
 def check_config(path: Path, config: dict) -> None:
-    """One configuration per rows file (the report groups rows by dataset, segmenter and n_real
-    only): a row of another size, budget or weighting is refused, naming the file."""
+    """One configuration per segmenter per rows file (the report groups rows by dataset, segmenter
+    and n_real only): a row of another size, budget or weighting is refused, naming the file."""
     if not path.is_file():
         return
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
-        diff = config_diff(json.loads(line)["config"], config)
+        row = json.loads(line)["config"]
+        if row.get("segmenter", "unet") != config.get("segmenter", "unet"):
+            continue
+        diff = config_diff(row, config)
         if diff:
             raise SystemExit(f"--rows {path}: holds rows of another configuration ({', '.join(diff)} differ); "
                              "write these to another --rows file")
@@ -145,11 +148,14 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from metaseg.errors import MetasegError
+    from metaseg.generative.segmenters import DEFAULT_LR, SEGMENTERS
     from metaseg.jobs.genseg import GenSegConfig, dice_scores, fit, sample_figure
     from metaseg.jobs.methods import resolve_device
     from metaseg.metrics import mean_ci95
 
     torch.set_num_threads(args.threads)
+    if args.segmenter not in SEGMENTERS:
+        raise SystemExit(f"--segmenter: unknown {args.segmenter!r}; choose one of {', '.join(SEGMENTERS)}")
     try:
         device = resolve_device(args.device)
     except MetasegError as e:
@@ -171,6 +177,7 @@ def run(args: argparse.Namespace) -> None:
                         continue
                     cfg = GenSegConfig(method=method, segmenter=args.segmenter, size=args.size, steps=args.steps,
                                        gan_steps=args.gan_steps, batch_size=args.batch_size, hyper_every=args.hyper_every,
+                                       lr=args.lr if args.lr is not None else DEFAULT_LR[args.segmenter],
                                        hypergradient=args.hypergradient, gen_weight=args.gen_weight,
                                        gen_width=args.gen_width, disc_width=args.disc_width, seed=seed)
                     check_config(rows_path, asdict(cfg))
@@ -201,7 +208,8 @@ JSON_FIELDS = ("method", "dataset", "domain", "n_real", "segmenter", "seed", "di
 CURVE_ROWS = RESULTS / "genseg_curve_rows.jsonl"
 CURVE_SEED1_ROWS = RESULTS / "genseg_curve_seed1_rows.jsonl"
 SEGFORMER_ROWS = RESULTS / "genseg_segformer_rows.jsonl"
-DEFAULT_ROWS = (ROWS, CURVE_ROWS, CURVE_SEED1_ROWS, SEGFORMER_ROWS)
+LITEMEDSAM_ROWS = RESULTS / "genseg_litemedsam_rows.jsonl"
+DEFAULT_ROWS = (ROWS, CURVE_ROWS, CURVE_SEED1_ROWS, SEGFORMER_ROWS, LITEMEDSAM_ROWS)
 RUN_COMMANDS = {  # how each rows file was made (with OMP_NUM_THREADS=1 nice -n 10)
     ROWS.name: "python -m benchmarks.genseg run",
     CURVE_ROWS.name: "python -m benchmarks.genseg run --seeds 0 --datasets isic2017 busi --methods real_only genseg "
@@ -215,15 +223,18 @@ TARGETS = {"real_only": 10.0, "separate": 3.0}  # genseg must beat each by this 
 
 
 def read_rows(paths) -> list[dict]:
-    """The rows of every file, all of one configuration (the report groups by dataset, segmenter
-    and n_real only): a file of another is refused, naming it."""
-    rows = []
+    """The rows of every file, one configuration per segmenter (the report groups by dataset,
+    segmenter and n_real only): a file that holds another is refused, naming it."""
+    rows: list[dict] = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise SystemExit(f"--rows: no such file {path}")
         new = _rows.read_rows(path)
-        diff = sorted({k for r in new for k in config_diff(r["config"], (rows or new)[0]["config"])})
+        first: dict[str, dict] = {}
+        for r in rows + new:
+            first.setdefault(r["segmenter"], r["config"])
+        diff = sorted({k for r in new for k in config_diff(r["config"], first[r["segmenter"]])})
         if diff:
             raise SystemExit(f"--rows {path}: rows of another configuration than the other files ({', '.join(diff)} differ); "
                              "report it on its own")
@@ -406,7 +417,8 @@ def report(args: argparse.Namespace) -> None:
     (out_dir / "genseg.md").write_text("\n".join(lines) + "\n")
     (out_dir / "genseg.json").write_text(json.dumps({
         "protocol": args.protocol, "command": command, "run_commands": runs,
-        "config": {k: rows[0]["config"][k] for k in ("size", "steps", "gan_steps", "batch_size", "hyper_every", "hypergradient")} if rows else {},
+        "config": {seg: {k: c.get(k) for k in ("size", "steps", "gan_steps", "batch_size", "lr", "hyper_every", "hypergradient")}
+                   for seg, c in sorted({r["segmenter"]: r["config"] for r in rows}.items())},
         "rows": [{k: r[k] for k in JSON_FIELDS} for r in rows],
         "paired": paired, "curve_ratios": curve_data, "wall_seconds": wall}, indent=1) + "\n")
     print("\n".join(lines))
@@ -514,7 +526,8 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     r.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    r.add_argument("--segmenter", default="unet")
+    r.add_argument("--segmenter", default="unet", help="unet (default), segformer or litemedsam (the pretrained LiteMedSAM base)")
+    r.add_argument("--lr", type=float, help="segmenter learning rate (default: 1e-3; litemedsam 3e-4)")
     r.add_argument("--size", type=int, default=64)
     r.add_argument("--steps", type=int, default=150)
     r.add_argument("--gan-steps", type=int, default=150)

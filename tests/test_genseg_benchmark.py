@@ -125,6 +125,12 @@ def test_report_pairs_by_seed_and_image_and_writes_the_issue_fields(tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["genseg", "report", "--rows", *files, str(tmp_path / "c.jsonl"), "--out", str(out)])
     with pytest.raises(SystemExit, match="c.jsonl: rows of another configuration than the other files \\(steps differ\\)"):
         bench.main()
+    # another segmenter may have its own budget: one configuration per segmenter, side by side in the report
+    (tmp_path / "d.jsonl").write_text(json.dumps(dict(other, segmenter="litemedsam")) + "\n")
+    monkeypatch.setattr(sys, "argv", ["genseg", "report", "--rows", *files, str(tmp_path / "d.jsonl"), "--out", str(out)])
+    bench.main()
+    config = json.loads((out / "genseg.json").read_text())["config"]
+    assert config["litemedsam"]["steps"] == 2 and config["unet"]["steps"] == 1
     monkeypatch.setattr(sys, "argv", ["genseg", "report", "--rows", str(tmp_path / "missing.jsonl"), "--out", str(out)])
     with pytest.raises(SystemExit, match="--rows: no such file"):
         bench.main()

@@ -118,6 +118,26 @@ def test_embedding_cache_returns_what_the_encoder_computes_and_is_shared_through
     assert other.cache().misses == 0  # served from disk
 
 
+def test_an_input_that_needs_a_gradient_bypasses_the_cache_and_receives_one(blobs):
+    """GenSeg's generated images: the frozen encoder runs under autograd (eval-mode BatchNorm, as
+    the cache computes it), the pixels get a gradient, and neither they nor `uncached()` inputs are stored."""
+    x, y = blobs
+    model = make().train()
+    with torch.no_grad():
+        cached = model.embed(x[:2])
+    assert len(model.cache().memory) == 2
+    pixels = x[2:4].clone().requires_grad_(True)
+    live = model.embed(torch.cat([x[:2], pixels]))
+    assert len(model.cache().memory) == 2 and model.image_encoder.training  # nothing stored, mode restored
+    assert torch.allclose(live[:2], cached.float(), atol=2e-2 * cached.abs().max().item())
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(pixels), y[2:4])
+    (grad,) = torch.autograd.grad(loss, pixels)
+    assert grad.abs().sum() > 0
+    with torch.no_grad(), model.uncached():
+        model(x[4:])
+    assert len(model.cache().memory) == 2
+
+
 def test_an_interrupted_embedding_write_leaves_no_entry_and_no_temp_file(tmp_path, monkeypatch):
     from metaseg.models.medsam_lite import EmbeddingCache
 

@@ -23,12 +23,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (new, or one to resume)")
     p.add_argument("--test", type=int, help="score at most this many of the remaining pairs (default: all)")
     p.add_argument("--method", default=d.method, help=f"{' | '.join(METHODS)} (default {d.method})")
-    p.add_argument("--segmenter", default=d.segmenter, help="unet (default; adapt-able) or segformer")
+    p.add_argument("--segmenter", default=d.segmenter,
+                   help="unet (default; adapt-able), segformer or litemedsam (the pretrained LiteMedSAM base, frozen encoder)")
     p.add_argument("--size", type=int, default=d.size, help=f"side length, a power of two (default {d.size})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"segmenter steps (default {d.steps})")
     p.add_argument("--gan-steps", type=int, default=d.gan_steps, help=f"Pix2Pix pre-training steps (default {d.gan_steps})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"real (and generated) pairs per step (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"segmenter learning rate (default {d.lr})")
+    p.add_argument("--lr", type=float, help=f"segmenter learning rate (default {d.lr}; litemedsam 3e-4)")
     p.add_argument("--gen-weight", type=float, default=d.gen_weight, help=f"weight of the generated pairs' loss (default {d.gen_weight})")
     p.add_argument("--hypergradient", default=d.hypergradient, help=f"{' | '.join(HYPERGRADIENTS)} (default {d.hypergradient})")
     p.add_argument("--top-level", default=d.top_level, help=f"what the validation loss moves: {' | '.join(TOP_LEVEL)} (default {d.top_level}; arch/both need --search)")
@@ -55,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from metaseg.jobs.methods import resolve_device
     from metaseg.metrics import mean_ci_text
 
+    from metaseg.generative.segmenters import DEFAULT_LR
+
     at_least("--save-every", args.save_every, 1)
     config = GenSegConfig(
         method=args.method, segmenter=args.segmenter, size=args.size, steps=args.steps, gan_steps=args.gan_steps,
-        batch_size=args.batch_size, lr=args.lr, gen_weight=args.gen_weight, hypergradient=args.hypergradient,
+        batch_size=args.batch_size, lr=args.lr if args.lr is not None else DEFAULT_LR.get(args.segmenter, GenSegConfig.lr), gen_weight=args.gen_weight, hypergradient=args.hypergradient,
         top_level=args.top_level, search=args.search, hyper_lr=args.hyper_lr, hyper_every=args.hyper_every,
         cg_steps=args.cg_steps, damping=args.damping, gen_width=args.gen_width, disc_width=args.disc_width,
         synthetic=args.synthetic, seed=args.seed).check()

@@ -1,11 +1,18 @@
 """Supervised segmenters for the synthetic-data study: train on N (image, mask) pairs (synthetic or
 real), score per-image Dice on real test images. The smp U-Net of the rest of metaseg and one
 transformer-based segmenter (SegFormer, smp's MiT-b0 encoder), both from random initialisation
-(no downloads) with GroupNorm instead of BatchNorm, as everywhere in metaseg.
+(no downloads) with GroupNorm instead of BatchNorm, as everywhere in metaseg; and the pretrained
+LiteMedSAM base (`litemedsam`: metaseg.models.medsam_lite as `--method medsam_lite_finetune`
+builds it, frozen image encoder, learned prompts and mask decoder trained).
+
+LiteMedSAM caches the embeddings of real images (fixed content); `generated_inputs` marks the
+passes on generated images, which are encoded afresh, under autograd when the image needs a
+gradient (GenSeg's segmentation loss then reaches the generator through the frozen encoder).
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -14,13 +21,13 @@ import torch.nn as nn
 from metaseg.errors import MetasegError
 
 
-def _unet(in_channels: int) -> nn.Module:
+def _unet(in_channels: int, size: int) -> nn.Module:
     from metaseg.models import create_model
 
     return create_model("unet", in_channels=in_channels)
 
 
-def _segformer(in_channels: int) -> nn.Module:
+def _segformer(in_channels: int, size: int) -> nn.Module:
     import segmentation_models_pytorch as smp
 
     from metaseg.models.unet import SegmentationNet, replace_batchnorm_with_groupnorm
@@ -29,7 +36,23 @@ def _segformer(in_channels: int) -> nn.Module:
     return SegmentationNet(replace_batchnorm_with_groupnorm(net), in_channels)
 
 
-SEGMENTERS: dict[str, Callable[[int], nn.Module]] = {"unet": _unet, "segformer": _segformer}
+def _litemedsam(in_channels: int, size: int) -> nn.Module:
+    """The encoder runs at the images' own side (>= 64; 64 px is ~0.2 s per image on a CPU core,
+    128 px ~0.85 s; 256 is LiteMedSAM's native size)."""
+    from metaseg.models import create_model
+
+    return create_model("medsam_lite", image_size=max(64, size), in_channels=in_channels)
+
+
+# (in_channels, image side) -> a module mapping (B, C, H, W) in [0, 1] to (B, 1, H, W) logits
+SEGMENTERS: dict[str, Callable[[int, int], nn.Module]] = {"unet": _unet, "segformer": _segformer, "litemedsam": _litemedsam}
+DEFAULT_LR = {"unet": 1e-3, "segformer": 1e-3, "litemedsam": 3e-4}  # litemedsam: MEDSAM_FINETUNE's (jobs/methods.py)
+
+
+def generated_inputs(model: nn.Module) -> ContextManager[None]:
+    """The block's inputs are generated images: never cached (a no-op for segmenters without a cache)."""
+    uncached = getattr(model, "uncached", None)
+    return uncached() if callable(uncached) else contextlib.nullcontext()
 
 
 def fit_segmenter(name: str, images: np.ndarray, masks: np.ndarray, steps: int = 200, batch_size: int = 16,
@@ -42,7 +65,7 @@ def fit_segmenter(name: str, images: np.ndarray, masks: np.ndarray, steps: int =
         raise MetasegError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
     torch.manual_seed(seed)
     with torch.enable_grad():  # the U-Net factory runs a probe backward pass
-        model = SEGMENTERS[name](int(images.shape[1])).to(device)
+        model = SEGMENTERS[name](int(images.shape[1]), int(images.shape[-1])).to(device)
     x = torch.from_numpy(images).float().div(255.0).to(device)
     y = torch.from_numpy(masks).float().unsqueeze(1).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -164,23 +164,27 @@ class Pairs:
 # ------------------------------------------------------------------ training
 
 
-def build_segmenter(name: str, channels: int, seed: int) -> nn.Module:
+def build_segmenter(name: str, channels: int, size: int, seed: int) -> nn.Module:
     from metaseg.generative.segmenters import SEGMENTERS
 
     torch.manual_seed(seed)
     with torch.enable_grad():  # the U-Net factory runs a probe backward pass
-        return SEGMENTERS[name](channels)
+        return SEGMENTERS[name](channels, size)
 
 
 def seg_losses(seg: nn.Module, G: nn.Module, real_x: torch.Tensor, real_y: torch.Tensor,
                fake_in: torch.Tensor, gen_weight: float, loss: Callable) -> TrainLoss:
     """train_loss(theta, psi): L_seg(real) + lam * L_seg(G_psi(mask), mask), the generated image
     NOT detached (psi's graph goes through G; parameters not in psi are G's own)."""
+    from metaseg.generative.segmenters import generated_inputs
+
     fake_y = (fake_in > 0).float()
 
     def train_loss(theta: Params, psi: Params) -> torch.Tensor:
         fake_x = (functional_call(G, psi, (fake_in,)) + 1.0) * 0.5
-        return loss(core.forward(seg, theta, real_x), real_y) + gen_weight * loss(core.forward(seg, theta, fake_x), fake_y)
+        with generated_inputs(seg):  # never from a cache: through a frozen encoder, too, the loss reaches G
+            fake = loss(core.forward(seg, theta, fake_x), fake_y)
+        return loss(core.forward(seg, theta, real_x), real_y) + gen_weight * fake
 
     return train_loss
 
@@ -197,7 +201,7 @@ class Run:
         self.config, self.train, self.val = config.check(), train, val
         self.device = torch.device(device)
         self.loss = bce_dice_loss
-        self.seg = build_segmenter(config.segmenter, train.images.shape[1], config.seed).to(self.device)
+        self.seg = build_segmenter(config.segmenter, train.images.shape[1], config.size, config.seed).to(self.device)
         self.opt = torch.optim.Adam(self.seg.parameters(), lr=config.lr)
         self.p2p = None
         self.pool_masks = None
@@ -229,6 +233,7 @@ class Run:
     def step(self, t: int) -> dict[str, float]:
         from metaseg.generative.augment import augment_pairs
         from metaseg.generative.pix2pix import images_to_tanh, masks_to_input
+        from metaseg.generative.segmenters import generated_inputs
         from metaseg.generative.trainer import step_generator
 
         c = self.config
@@ -259,7 +264,8 @@ class Run:
         # level 2: the segmenter
         loss = self.loss(self.seg(real_x), real_y)
         if fake_x is not None:
-            loss = loss + c.gen_weight * self.loss(self.seg(fake_x), fake_y)
+            with generated_inputs(self.seg):
+                loss = loss + c.gen_weight * self.loss(self.seg(fake_x), fake_y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -347,19 +353,31 @@ def take(task, rows) -> Pairs:
     return Pairs(task.images[rows], task.masks[rows], [task.ids[i] for i in rows])
 
 
+ADAPTABLE = ("unet", "litemedsam")  # segmenters that are registry models (`metaseg adapt` / `evaluate` rebuild them)
+
+
 def metaseg_checkpoint(run: Run, image_size: int, extra: dict[str, Any]) -> dict[str, Any]:
     """The segmenter as a `transfer` checkpoint that `metaseg adapt` / `evaluate` load like any
-    meta-training checkpoint (only the smp U-Net: it is the registry's `unet` model)."""
+    meta-training checkpoint: the smp U-Net (the registry's `unet`), or LiteMedSAM (`medsam_lite`,
+    only its trainable weights and the base's fingerprint, with MEDSAM_FINETUNE's adaptation)."""
     import metaseg
+    from metaseg.jobs.methods import MEDSAM_FINETUNE
     from metaseg.training.module import MetaSegModule
 
-    if run.config.segmenter != "unet":
-        raise MetasegError(f"--segmenter {run.config.segmenter}: only unet segmenters are written as adapt/evaluate checkpoints")
-    module = MetaSegModule(model={"kind": "unet", "in_channels": int(run.train.images.shape[1])},
-                           learner={"name": "transfer", "inner_steps": 20})
+    channels = int(run.train.images.shape[1])
+    if run.config.segmenter == "unet":
+        model, learner = {"kind": "unet", "in_channels": channels}, {"name": "transfer", "inner_steps": 20}
+    elif run.config.segmenter == "litemedsam":
+        model = {"kind": "medsam_lite", "image_size": int(run.seg.image_size), "in_channels": channels}
+        learner = {"name": "transfer", **MEDSAM_FINETUNE}
+    else:
+        raise MetasegError(f"--segmenter {run.config.segmenter}: only {' and '.join(ADAPTABLE)} segmenters are written as adapt/evaluate checkpoints")
+    module = MetaSegModule(model=model, learner=learner)
     module.model.load_state_dict(run.seg.state_dict())
-    return {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-            "metaseg": {"version": metaseg.__version__, "image_size": int(image_size), "genseg": extra}}
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)  # a frozen base: only the trainable weights, and its fingerprint
+    checkpoint["metaseg"].update(version=metaseg.__version__, image_size=int(image_size), genseg=extra)
+    return checkpoint
 
 
 def nearest_real(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
@@ -466,7 +484,7 @@ def run_genseg(dataset: str, out: str, n_train: int, n_val: int, config: GenSegC
     summary = {"method": config.method, "segmenter": config.segmenter, "n_train": n_train, "n_val": n_val,
                "n_test": int(len(scores)), "dice_mean": mean, "dice_ci95": ci, "seconds": time.time() - started,
                "config": asdict(config)}
-    if config.segmenter == "unet":
+    if config.segmenter in ADAPTABLE:
         save_atomic(metaseg_checkpoint(run, config.size, {"method": config.method, "train_ids": train.ids,
                                                           "val_ids": val.ids}), out_dir / "model.ckpt")
     if run.p2p is not None:

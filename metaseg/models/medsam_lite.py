@@ -32,7 +32,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -171,6 +173,7 @@ class MedSamLite(SamSegmenter):
         self._fingerprint_name = ""
         self._cache_dir = embedding_cache
         self._cache: EmbeddingCache | None = None
+        self._uncached = False
 
     # ---------------------------------------------------------------- base weights
     def load_base_checkpoint(self, path: Path) -> None:
@@ -222,9 +225,32 @@ class MedSamLite(SamSegmenter):
         hi = x.amax(dim=(1, 2, 3), keepdim=True)
         return (x - lo) / (hi - lo).clamp_min(1e-8)
 
+    @contextmanager
+    def uncached(self) -> Iterator[None]:
+        """Inputs inside this block are encoded afresh and never stored: images that are new at
+        every call (a generator's output, GenSeg) would only fill the cache."""
+        before, self._uncached = self._uncached, True
+        try:
+            yield
+        finally:
+            self._uncached = before
+
+    def _encode_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder without the cache, as the cache would compute it (running BatchNorm
+        statistics), but under autograd: a gradient reaches the input pixels."""
+        was_training = self.image_encoder.training
+        self.image_encoder.eval()
+        try:
+            return self.image_encoder(x)
+        finally:
+            self.image_encoder.train(was_training)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Image embeddings (B, 256, S/4, S/4), through the cache when the encoder is frozen."""
+        """Image embeddings (B, 256, S/4, S/4), through the cache when the encoder is frozen,
+        unless the input needs a gradient (the cache holds no graph) or `uncached()` says so."""
         x = self.preprocess(x)
+        if self._uncached or (x.requires_grad and torch.is_grad_enabled()):
+            return self._encode_frozen(x) if self.encoder_frozen else self.image_encoder(x)
         cache = self.cache()
         if cache is None:
             return self.image_encoder(x)
