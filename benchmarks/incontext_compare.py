@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 from metaseg.metrics import mean_ci95, paired_ci95
 
-IN_CONTEXT = ("incontext_sam_transfer", "incontext_sam_transfer_box", "incontext_sam_transfer_box_mask", "incontext_sam", "incontext_sam_ens", "incontext_unet", "incontext_unet_ens")
-# GMISeg-style rows checked against the targets; the transfer's _box / _box_mask variants were not
+IN_CONTEXT = ("incontext_sam_transfer", "incontext_sam_transfer_ens", "incontext_sam_transfer_box", "incontext_sam_transfer_box_mask", "incontext_sam", "incontext_sam_ens", "incontext_unet", "incontext_unet_ens")
+# GMISeg-style rows checked against the targets; the transfer's _ens / _box / _box_mask variants were not
 # the meta-val choice (benchmarks/fewshot_incontext_sam_transfer.yaml), so they are shown, never counted
 SAM_LEARNERS = ("incontext_sam_transfer", "incontext_sam")
 GRADIENT_ON_BASE = ("medsam_lite_finetune", "medsam_lite_fomaml", "medsam_lite_imaml",
@@ -33,7 +33,7 @@ PAIRS = (("incontext_sam", "medsam_lite_finetune"), ("incontext_sam", "medsam_li
          ("incontext_unet_ens", "incontext_unet"), ("incontext_unet", "transfer"), ("incontext_unet", "prior"),
          ("incontext_sam", "prior"), ("incontext_sam_transfer", "incontext_sam"),
          ("incontext_sam_transfer", "medsam_lite_fomaml_refine"), ("incontext_sam_transfer", "medsam_lite_finetune_refine"),
-         ("incontext_sam_transfer_box", "incontext_sam_transfer"), ("incontext_sam_transfer_box", "medsam_lite_fomaml_refine"))
+         ("incontext_sam_transfer_ens", "incontext_sam_transfer"), ("incontext_sam_transfer_box", "incontext_sam_transfer"), ("incontext_sam_transfer_box", "medsam_lite_fomaml_refine"))
 
 
 def episodes_by(doc: dict[str, Any]) -> dict[tuple[str, str, int], list[float]]:
