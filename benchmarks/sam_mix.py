@@ -47,17 +47,50 @@ CROSS_DOMAIN = {"Kvasir-SEG": "CVC-ClinicDB"}
 FIGURE_SEED = 0  # the CAM -> box -> mask figure is always this training seed's (not the last one run)
 
 
+CAM_THRESHOLD = 0.7  # chosen on validation masks (docs/sam_mix.md): >= the train-mask "auto" choice in every probed run
+PRESENCE_MIN_RECALL: float | None = None  # None = "balanced" (see --presence-min-recall)
+
+
+def _cam_threshold(text: str) -> float | str:
+    """--cam-threshold: 'auto' or a number strictly between 0 and 1 (argparse turns the error into one line)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 1), got {text!r}")
+    return value
+
+
+def _min_recall(text: str) -> float | None:
+    """--presence-min-recall: 'balanced' (None) or a share in (0, 1]."""
+    if text == "balanced":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or a number in (0, 1], got {text!r}")
+    return value
+
+
 def _train_sam(method: str, data, rows: np.ndarray, args, tests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
     from metaseg.models.sam_mix import create_sam_mix
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix, predict_sam_mix
 
     prompts = {"sam_mix": "box+dense", "ablation_cam_box": "box", "medsam_whole_box": "whole"}[method]
-    model = create_sam_mix(prompts=prompts, image_size=args.size, seed=args.seed, refine=args.refine)
+    auto = args.cam_threshold == "auto"  # the old rule: the threshold whose boxes best fit the N training masks' boxes
+    model = create_sam_mix(prompts=prompts, image_size=args.size, seed=args.seed, refine=args.refine,
+                           cam_threshold=0.5 if auto else float(args.cam_threshold))
     # no image without the structure (Kvasir-SEG, ISIC-2017): nothing to gate with, threshold 0
     one_class = len(np.unique(data.present["pool"])) < 2
     labels = data.targets("pool")  # ISIC-2017: melanoma vs not (its CAM is the prompt source); else = present
     budget = SamMixBudget(steps=args.steps, warmup=args.warmup, multitask=method == "sam_mix",
-                          classifier=method != "medsam_whole_box", absent_labels=len(np.unique(labels)) > 1)
+                          classifier=method != "medsam_whole_box", absent_labels=len(np.unique(labels)) > 1,
+                          auto_cam_threshold=auto, presence_min_recall=args.presence_min_recall)
     pool = data.images["pool"]
     val = {} if one_class else {"val_images": data.images["val"], "val_present": data.present["val"]}
     if one_class:
@@ -146,7 +179,8 @@ def _records(data, n_pool: int, n: int, method: str, args, out: dict, seconds: f
     for name, logits in variants.items():
         rec = {"method": name, "dataset": data.name, "n_labelled": n, "seed": args.seed, "seconds": round(seconds, 1),
                "budget": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "unet_steps": args.unet_steps,
-                          "split_seed": args.split_seed, "refine": args.refine},
+                          "split_seed": args.split_seed, "refine": args.refine,
+                          "cam_threshold": args.cam_threshold, "presence_min_recall": args.presence_min_recall},
                "n_pool_labels": n_pool, "n_test": len(data.ids["test"]), "test_ids": data.ids["test"],
                **extra, **score(logits, data.masks["test"])}
         if "presence" in out and method != "medsam_whole_box":
@@ -401,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine", type=int, default=0,
                         help="SAM methods: box-refinement rounds at inference (the predicted mask's box replaces the "
                              "CAM / whole-image box); default 0 (off)")
+    parser.add_argument("--cam-threshold", type=_cam_threshold, default=CAM_THRESHOLD,
+                        help=f"SAM methods: CAM level (of its maximum) for the prompt mask, or 'auto' (the one whose boxes "
+                             f"best fit the N training masks' boxes, the rule before); default {CAM_THRESHOLD} (validation, docs/sam_mix.md)")
+    parser.add_argument("--presence-min-recall", type=_min_recall, default=PRESENCE_MIN_RECALL,
+                        help="presence threshold: the highest keeping this share of the validation split's present images; "
+                             f"'balanced' = best balanced accuracy on its labels (the rule before); default {PRESENCE_MIN_RECALL}")
     parser.add_argument("--rerun", action="store_true", help="recompute runs already saved")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the saved runs, train nothing")
     parser.add_argument("--out", default=str(DEFAULT_RESULTS), help="results folder (default benchmarks/results)")

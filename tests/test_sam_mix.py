@@ -595,3 +595,23 @@ def test_outputs_refine_only_when_asked(toy):
 def test_bad_refine_names_the_option(value):
     with pytest.raises(MetasegError, match="refine"):
         make(refine=value)
+
+
+def test_presence_min_recall_keeps_that_share_of_present_images_and_refuses_bad_values():
+    prob = np.array([0.9, 0.85, 0.8, 0.3, 0.7, 0.6, 0.65, 0.1])  # a present image (0.3) below most absent ones
+    present = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    balanced = choose_presence_threshold(prob, present)
+    assert balanced > 0.7  # balanced accuracy drops the 0.3 one
+    every = choose_presence_threshold(prob, present, min_recall=1.0)
+    assert every == pytest.approx(0.2)  # the highest candidate (midpoints) that keeps every present image
+    three = choose_presence_threshold(prob, present, min_recall=0.75)
+    assert (prob[present == 1] >= three).sum() == 3 and three == pytest.approx(balanced)
+    for bad in (0.0, 1.5, "all"):
+        with pytest.raises(MetasegError, match="presence_min_recall"):
+            choose_presence_threshold(prob, present, min_recall=bad)
+
+
+def test_fit_refuses_a_bad_presence_min_recall_before_training(toy):
+    images, masks, present = toy
+    with pytest.raises(MetasegError, match="presence_min_recall must be in"):
+        fit_sam_mix(make(), images, present, images[:4], masks[:4], SamMixBudget(steps=1, warmup=1, presence_min_recall=2.0))

@@ -59,3 +59,18 @@ def test_runs_on_different_test_images_are_refused(tmp_path):
     records = [_rec("sam_mix", 0, [0.5] * 4), _rec("unet_scratch", 1, [0.5] * 4, ids=("a", "b", "c", "e"))]
     with pytest.raises(SystemExit, match="different test images"):
         bench.by_method_seed(records)
+
+
+@pytest.mark.parametrize("option,bad", [("--cam-threshold", "1.0"), ("--cam-threshold", "high"),
+                                        ("--presence-min-recall", "0"), ("--presence-min-recall", "most")])
+def test_bad_threshold_options_are_one_line_usage_errors(option, bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--report-only", option, bad, "--out", "/nonexistent-never-created"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert option in err and bad in err
+
+
+def test_threshold_options_parse_auto_balanced_and_numbers():
+    assert bench._cam_threshold("auto") == "auto" and bench._cam_threshold("0.6") == 0.6
+    assert bench._min_recall("balanced") is None and bench._min_recall("0.9") == 0.9

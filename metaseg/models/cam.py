@@ -138,15 +138,23 @@ def choose_cam_threshold(cam01: torch.Tensor, masks: np.ndarray | torch.Tensor, 
     return float(candidates[best]), scores[best]
 
 
-def choose_presence_threshold(probability: np.ndarray, present: np.ndarray) -> float:
+def choose_presence_threshold(probability: np.ndarray, present: np.ndarray, min_recall: float | None = None) -> float:
     """The presence threshold with the best balanced accuracy (mean of the two class recalls) on
     labelled images; candidates midway between sorted probabilities, ties broken toward 0.5.
-    Balanced, not plain accuracy: with 83% lesion images "always present" scores 0.83 plainly."""
+    Balanced, not plain accuracy: with 83% lesion images "always present" scores 0.83 plainly.
+    `min_recall`: instead, the highest candidate that still keeps that share of the PRESENT images
+    (why: every present image the gate drops scores Dice 0, so a gate tuned for balanced accuracy
+    costs Dice on small structures, e.g. the ends of the hippocampus; benchmarks/results/sam_mix.md)."""
     probability, present = np.asarray(probability, np.float64), np.asarray(present).astype(bool)
+    if min_recall is not None and not (isinstance(min_recall, (int, float)) and 0.0 < min_recall <= 1.0):
+        raise MetasegError(f"sam_mix: presence_min_recall must be in (0, 1], got {min_recall!r}")
     if present.all() or not present.any():
         raise MetasegError("sam_mix: choosing the presence threshold needs labelled images of both classes")
     values = np.unique(probability)
     candidates = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, [1.0]]) if len(values) > 1 else np.array([0.5])
+    if min_recall is not None:
+        recall = np.array([np.mean(probability[present] >= t) for t in candidates])
+        return float(candidates[recall >= min_recall - 1e-12].max())
     scores = [(np.mean(probability[present] >= t) + np.mean(probability[~present] < t)) / 2 for t in candidates]
     best = np.flatnonzero(np.isclose(scores, max(scores)))
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])

@@ -38,6 +38,8 @@ class SamMixBudget:
     balance: bool = True  # classifier batches class-balanced (else drawn uniformly: collapses to the majority)
     cam_mask_weight: float = 1.0  # CAM-vs-mask loss on the images with masks (0: labels alone shape the CAM)
     auto_cam_threshold: bool = True  # pick cam_threshold by CAM-box IoU with the masks' boxes (training masks only)
+    presence_min_recall: float | None = None  # None: presence threshold by balanced accuracy on the validation
+    # labels; a value: the highest threshold keeping that share of the validation PRESENT images (models.cam)
     absent_labels: bool = True  # labels must include absent images; False: all "present" allowed (a dataset with no
     # empty image, e.g. Kvasir-SEG: the focal loss then only raises presence, the CAM learns from the masks; gate it off)
 
@@ -93,6 +95,8 @@ def fit_sam_mix(
     budget = budget or SamMixBudget()
     masks = torch.as_tensor(np.asarray(masks)).float().reshape(len(masks), 1, *np.asarray(masks).shape[-2:])
     check_training_data(None if present is None else np.asarray(present), masks, budget.classifier, budget.absent_labels)
+    if budget.presence_min_recall is not None:  # a bad value fails before any training, not after it
+        choose_presence_threshold(np.array([0.0, 1.0]), np.array([0, 1]), budget.presence_min_recall)
     if budget.classifier and budget.cam_mask_weight > 0 and model.head.pooling != "lse":
         raise MetasegError("sam_mix: cam_mask_weight > 0 needs pooling='lse' (a mean-pooled CAM cannot match a mask "
                            "without lowering the presence logit); set cam_mask_weight=0")
@@ -158,7 +162,7 @@ def fit_sam_mix(
     if budget.classifier and val_images is not None and val_present is not None:
         with torch.no_grad():
             prob = torch.sigmoid(torch.cat([model.classify(e.float())[0] for e in embed_all(model, val_images).split(64)]))
-        model.presence_threshold = choose_presence_threshold(prob.numpy(), np.asarray(val_present))
+        model.presence_threshold = choose_presence_threshold(prob.numpy(), np.asarray(val_present), budget.presence_min_recall)
         info["presence_threshold"] = model.presence_threshold
     model.fit_info = info
     return history
