@@ -212,7 +212,7 @@ def test_cam_mask_loss_prefers_the_cam_on_the_mask_and_trains_the_head(toy):
 def test_thresholds_are_chosen_on_training_masks_and_validation_labels(toy):
     images, masks, present = toy
     model = make()
-    budget = SamMixBudget(steps=2, warmup=20, batch_classifier=12, lr_classifier=3e-3)
+    budget = SamMixBudget(steps=2, warmup=20, batch_classifier=12, lr_classifier=3e-3, auto_cam_threshold=True)
     fit_sam_mix(model, images, present, images[:4], masks[:4], budget, seed=0, val_images=images[6:], val_present=present[6:])
     info = model.fit_info
     assert set(info) == {"cam_threshold_start", "cam_box_iou_start", "cam_threshold", "cam_box_iou_train", "presence_threshold"}
@@ -374,7 +374,7 @@ def test_adapt_cli_sam_mix_presence_threshold_held_out_or_given(tmp_path, capsys
     assert main(base + ["--out", str(tmp_path / "auto")]) == 0
     text = capsys.readouterr().out
     assert "12 image-level labels (8 present)" in text and "2 labelled images held out" in text
-    assert "(chosen on the held-out labels)" in text and "(chosen on the K masks)" in text
+    assert "(chosen on the held-out labels)" in text and "CAM threshold 0.70 (default)" in text
     assert main(base + ["--out", str(tmp_path / "fixed"), "--presence-threshold", "1", "--cam-threshold", "0.4"]) == 0
     text = capsys.readouterr().out
     assert "presence threshold 1.000 (fixed), CAM threshold 0.40 (fixed)" in text and "held out" not in text

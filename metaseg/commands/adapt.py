@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sam_mix.add_argument("--absent-class", default="normal", help="the class without the structure (default normal, as in BUSI)")
     sam_mix.add_argument("--warmup", type=int, help="classifier-only steps before the joint ones (default 100; --steps: joint steps, default 200)")
     sam_mix.add_argument("--prompts", default="box+dense", choices=["box+dense", "box", "dense", "whole"], help="what the CAM gives the decoder")
-    sam_mix.add_argument("--cam-threshold", type=float, help="CAM level (of its maximum) that makes the prompt mask (default: the one whose boxes best fit the K masks)")
+    sam_mix.add_argument("--cam-threshold", type=float, help="CAM level (of its maximum) that makes the prompt mask (default 0.7, chosen on validation masks: docs/sam_mix.md)")
     sam_mix.add_argument("--presence-threshold", type=float, help="presence probability below which a mask is empty; 0 = no gate, labels may all be present "
                          "(default: chosen by balanced accuracy on a held-out --val-fraction of the labelled images without a mask)")
     sam_mix.add_argument("--refine", type=int, default=0, help="box-refinement rounds at inference: the predicted mask's box "

@@ -191,14 +191,14 @@ def run_sam_mix_adapt(
 ) -> dict[str, Any]:
     """Train SAM-Mix on `support` (labels + K masks), segment every image of `images` into `out`.
 
-    cam_threshold None: chosen by box fit on the K masks; presence_threshold None: chosen on a
+    cam_threshold None: models.sam_mix.CAM_THRESHOLD (0.7, chosen on validation masks); presence_threshold None: chosen on a
     held-out `val_fraction` of the labels (see the module docstring); 0 turns the gate off, and
     then labels may all be "present" (a dataset without empty images). refine: box-refinement rounds
     at inference (models.sam_mix)."""
     from metaseg.data.cache import load_task
     from metaseg.jobs import checks
     from metaseg.jobs.adapt import OUTPUTS, list_query_images, to_input, write_predictions
-    from metaseg.models.sam_mix import create_sam_mix, save_cam_prompter
+    from metaseg.models.sam_mix import CAM_THRESHOLD, create_sam_mix, save_cam_prompter
     from metaseg.outputs import OutputFolder
     from metaseg.training.sam_mix import SamMixBudget, fit_sam_mix
 
@@ -227,10 +227,10 @@ def run_sam_mix_adapt(
              "(set --presence-threshold)")
     train = np.setdiff1d(np.arange(len(rows)), held if held is not None else [])
     torch.manual_seed(seed)
-    model = create_sam_mix(prompts=prompts, cam_threshold=cam_threshold or 0.5, image_size=size, seed=seed, refine=refine,
+    model = create_sam_mix(prompts=prompts, cam_threshold=cam_threshold or CAM_THRESHOLD, image_size=size, seed=seed, refine=refine,
                            presence_threshold=0.5 if presence_threshold is None else presence_threshold)
     budget = SamMixBudget(**{k: v for k, v in (("steps", steps), ("warmup", warmup)) if v is not None},
-                          auto_cam_threshold=cam_threshold is None, absent_labels=presence_threshold != 0)
+                          absent_labels=presence_threshold != 0)
     echo(f"sam_mix: {len(rows)} image-level labels ({int(present.sum())} present), {shots} masks "
          f"({', '.join(task.ids[i] for i in chosen)}), {budget.warmup} + {budget.steps} steps at {size} px"
          + (f"; {len(held)} labelled images held out to choose the presence threshold" if held is not None else ""))
@@ -239,7 +239,7 @@ def run_sam_mix_adapt(
                 seed=seed, **val)
     echo(f"sam_mix: presence threshold {model.presence_threshold:.3f} "
          f"({'chosen on the held-out labels' if held is not None else 'fixed'}), CAM threshold {model.cam_threshold:.2f} "
-         f"({'chosen on the K masks' if cam_threshold is None else 'fixed'})")
+         f"({'default' if cam_threshold is None else 'fixed'})")
     support_hashes = {task.hashes[i] for i in chosen}
 
     echo(f"--images {images}: {description}")
