@@ -218,6 +218,9 @@ RUN_COMMANDS = {  # how each rows file was made (with OMP_NUM_THREADS=1 nice -n 
                            "--n-real 8 100 all --rows benchmarks/results/genseg_curve_seed1_rows.jsonl",
     SEGFORMER_ROWS.name: "python -m benchmarks.genseg run --seeds 0 --segmenter segformer --methods real_only genseg "
                          "--rows benchmarks/results/genseg_segformer_rows.jsonl",
+    LITEMEDSAM_ROWS.name: "python -m benchmarks.genseg run --segmenter litemedsam --steps 100 --datasets isic2017 busi "
+                          "--methods real_only separate genseg --rows benchmarks/results/genseg_litemedsam_rows.jsonl, then the "
+                          "same with --datasets kvasir cxr",
 }
 TARGETS = {"real_only": 10.0, "separate": 3.0}  # genseg must beat each by this many Dice points, in-domain
 
@@ -548,7 +551,8 @@ def main() -> None:
     q = sub.add_parser("report")
     q.add_argument("--protocol", default="")
     q.add_argument("--rows", nargs="+", help="JSONL row files (default: those of DEFAULT_ROWS that exist: results/genseg_rows.jsonl, "
-                   "genseg_curve_rows.jsonl, genseg_curve_seed1_rows.jsonl, genseg_segformer_rows.jsonl)")
+                   "genseg_curve_rows.jsonl, genseg_curve_seed1_rows.jsonl, genseg_segformer_rows.jsonl, "
+                   "genseg_litemedsam_rows.jsonl)")
     q.add_argument("--out", default=str(RESULTS), help="folder for genseg.{json,md} and the figures")
     args = p.parse_args()
     run(args) if args.cmd == "run" else report(args)
